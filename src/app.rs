@@ -1,0 +1,115 @@
+//! Building and running the server: resolve the database (configured or embedded), migrate, load
+//! secrets, start the writers and background loops, bind, serve, and shut down in order (stop
+//! accepting, finish in-flight requests, drain the writers, flush usage counters).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::keys::KeyAuth;
+use crate::config::Config;
+use crate::db::{self, Secrets};
+use crate::http::{self, AppState};
+use crate::ingest::ua::UaParser;
+use crate::ingest::writer::{self, WriterConfig};
+
+/// The database URL to use: `DATABASE_URL`, else the embedded cluster under `data_dir`.
+pub async fn database_url(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(url) = &cfg.database_url {
+        return Ok(url.clone());
+    }
+    let dir = cfg.data_dir.join("postgres");
+    let pg = crate::embedded::start_or_reuse(&dir)
+        .await
+        .context("no DATABASE_URL is set, so Strata runs its own PostgreSQL, which failed")?;
+    tracing::info!(url = %pg.database_url, data_dir = %pg.data_dir.display(), "using the embedded PostgreSQL");
+    Ok(pg.database_url)
+}
+
+/// A server ready to run: migrated database, bound listener.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    /// Stops the writers and loops once HTTP has drained.
+    background_stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Application {
+    /// Connects, migrates and binds `cfg.listen` (port 0 picks a free port).
+    pub async fn build(cfg: Config) -> anyhow::Result<Application> {
+        let url = database_url(&cfg).await?;
+        db::migrate(&url, cfg.premake_months, cfg.partition_lock_timeout).await.context("migrating the database")?;
+        let pool = db::pool(&url, &cfg)?;
+        let secrets = {
+            let client = pool.get().await.context("connecting to the database")?;
+            Secrets::load(&client, &cfg).await?
+        };
+        let background_stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let writer_cfg = WriterConfig {
+            capacity: cfg.ingest_queue_capacity,
+            flush_max_events: cfg.flush_max_events,
+            writers: cfg.writers,
+            partition_lock_timeout: cfg.partition_lock_timeout,
+        };
+        let queue = writer::start(pool.clone(), writer_cfg, background_stop.clone(), &tracker);
+        let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), cfg.key_cache_ttl);
+        tracker.spawn(keys.clone().usage_flush_loop(cfg.usage_flush_interval, background_stop.clone()));
+        let ua = tokio::task::spawn_blocking(UaParser::new).await?;
+        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+        let accept_window = chrono::Duration::from_std(cfg.accept_window).context("STRATA_ACCEPT_WINDOW")?;
+        let state = AppState { cfg: Arc::new(cfg), pool, keys, queue, ua, secrets: Arc::new(secrets), accept_window };
+        Ok(Application { listener, state, background_stop, tracker })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The admin token in force (configured or generated).
+    pub fn admin_token(&self) -> &str {
+        &self.state.secrets.admin_token
+    }
+
+    /// Serves until `shutdown` resolves, then drains: every accepted event is committed (or refused)
+    /// before this returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let grace = self.state.cfg.shutdown_grace;
+        let app = http::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        tracing::info!("HTTP stopped; draining the ingest queue");
+        self.background_stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::error!(?grace, "background tasks did not stop within the shutdown grace period");
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,292 @@
+//! Typed configuration: documented defaults, overridden by environment variables (`DATABASE_URL`,
+//! `REDIS_URL`, `STRATA_*`) and then by command-line flags. [`Config::from_env`] reads and
+//! [`Config::validate`] rejects invalid values with a message naming the setting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A setting that could not be read; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {name}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable or flag.
+    pub name: String,
+    /// The value given.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Every knob of the service. Defaults are the values of [`Config::default`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `STRATA_LISTEN` (default `0.0.0.0:3000`): address of the HTTP server.
+    pub listen: SocketAddr,
+    /// `DATABASE_URL`: PostgreSQL; when absent the embedded cluster under `data_dir` is used.
+    pub database_url: Option<String>,
+    /// `STRATA_DATA_DIR` (default `.data`): where the embedded PostgreSQL cluster lives.
+    pub data_dir: PathBuf,
+    /// `REDIS_URL`: the shared cache tier; optional.
+    pub redis_url: Option<String>,
+    /// `STRATA_REDIS_PREFIX` (default `strata:`): prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// `STRATA_ADMIN_TOKEN`: bearer token of DBA endpoints; generated once and stored in the
+    /// database when unset.
+    pub admin_token: Option<String>,
+    /// `STRATA_KEY_SECRET`: HMAC secret of API keys; generated once and stored when unset.
+    pub key_secret: Option<String>,
+    /// `STRATA_JWT_SECRET`: signing secret of owner tokens; generated once and stored when unset.
+    pub jwt_secret: Option<String>,
+    /// `STRATA_DB_POOL_SIZE` (default 16): PostgreSQL connections per process.
+    pub db_pool_size: usize,
+    /// `STRATA_DB_TIMEOUT` (default `5s`): longest wait for a pooled connection or a query before
+    /// the request is answered 503.
+    pub db_timeout: Duration,
+    /// `STRATA_INGEST_QUEUE_CAPACITY` (default 100000): events accepted but not yet committed;
+    /// beyond it ingestion answers 503 with Retry-After.
+    pub ingest_queue_capacity: usize,
+    /// `STRATA_BATCH_MAX_EVENTS` (default 10000): most events one request may carry.
+    pub batch_max_events: usize,
+    /// `STRATA_FLUSH_MAX_EVENTS` (default 5000): most events the writer commits in one transaction.
+    pub flush_max_events: usize,
+    /// `STRATA_WRITERS` (default 2): concurrent group-commit writers (COPY streams).
+    pub writers: usize,
+    /// `STRATA_BODY_MAX_BYTES` (default 5 MiB): largest request body, after decompression.
+    pub body_max_bytes: usize,
+    /// `STRATA_METADATA_MAX_BYTES` (default 32 KiB): largest `metadata` of one event.
+    pub metadata_max_bytes: usize,
+    /// `STRATA_FUTURE_SKEW` (default `24h`): how far past now an event time may be.
+    pub future_skew: Duration,
+    /// `STRATA_ACCEPT_WINDOW` (default `730d`): how old an event may be.
+    pub accept_window: Duration,
+    /// `STRATA_DEDUPE_WINDOW` (default `7d`): how long an eventId is remembered for idempotency.
+    pub dedupe_window: Duration,
+    /// `STRATA_TRUSTED_PROXY_HEADER` (e.g. `x-forwarded-for`): header naming the client IP; unset
+    /// means the socket peer address is stored.
+    pub trusted_proxy_header: Option<String>,
+    /// `STRATA_CORS_ORIGINS` (default `*`): comma-separated origins allowed to call ingestion.
+    pub cors_origins: Vec<String>,
+    /// `STRATA_KEY_CACHE_TTL` (default `30s`, at most 30 s): in-process API key cache lifetime.
+    pub key_cache_ttl: Duration,
+    /// `STRATA_USAGE_FLUSH_INTERVAL` (default `5s`): how often key usage counters are written.
+    pub usage_flush_interval: Duration,
+    /// `STRATA_PREMAKE_MONTHS` (default 3): monthly partitions kept ahead of the current month.
+    pub premake_months: u32,
+    /// `STRATA_PARTITION_LOCK_TIMEOUT` (default `2s`): lock_timeout of partition DDL.
+    pub partition_lock_timeout: Duration,
+    /// `STRATA_SHUTDOWN_GRACE` (default `30s`): longest drain of accepted events on shutdown.
+    pub shutdown_grace: Duration,
+    /// `STRATA_REQUEST_TIMEOUT` (default `30s`): longest a request may take end to end.
+    pub request_timeout: Duration,
+    /// `STRATA_LOG_FORMAT` (`text` or `json`, default `text`).
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            database_url: None,
+            data_dir: PathBuf::from(".data"),
+            redis_url: None,
+            redis_prefix: "strata:".into(),
+            admin_token: None,
+            key_secret: None,
+            jwt_secret: None,
+            db_pool_size: 16,
+            db_timeout: Duration::from_secs(5),
+            ingest_queue_capacity: 100_000,
+            batch_max_events: 10_000,
+            flush_max_events: 5_000,
+            writers: 2,
+            body_max_bytes: 5 * 1024 * 1024,
+            metadata_max_bytes: 32 * 1024,
+            future_skew: Duration::from_secs(24 * 3600),
+            accept_window: Duration::from_secs(730 * 24 * 3600),
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            trusted_proxy_header: None,
+            cors_origins: vec!["*".into()],
+            key_cache_ttl: Duration::from_secs(30),
+            usage_flush_interval: Duration::from_secs(5),
+            premake_months: 3,
+            partition_lock_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            log_json: false,
+        }
+    }
+}
+
+/// The longest API-key cache lifetime allowed: revocation must bite within it even without Redis.
+const KEY_CACHE_TTL_MAX: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// Defaults overridden by the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(&std::env::vars().collect())
+    }
+
+    /// Defaults overridden by `vars` (the environment, or a map in tests).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let get = |k: &str| vars.get(k).filter(|v| !v.trim().is_empty()).cloned();
+        if let Some(v) = get("STRATA_LISTEN") {
+            c.listen = parse_with("STRATA_LISTEN", &v, |s| s.parse().ok())?;
+        }
+        c.database_url = get("DATABASE_URL");
+        if let Some(v) = get("STRATA_DATA_DIR") {
+            c.data_dir = PathBuf::from(v);
+        }
+        c.redis_url = get("REDIS_URL");
+        if let Some(v) = get("STRATA_REDIS_PREFIX") {
+            c.redis_prefix = v;
+        }
+        c.admin_token = get("STRATA_ADMIN_TOKEN");
+        c.key_secret = get("STRATA_KEY_SECRET");
+        c.jwt_secret = get("STRATA_JWT_SECRET");
+        let count = |k: &str, d: usize| -> Result<usize, ConfigError> {
+            get(k).map_or(Ok(d), |v| parse_with(k, &v, |s| s.parse().ok()))
+        };
+        let dur = |k: &str, d: Duration| -> Result<Duration, ConfigError> {
+            get(k).map_or(Ok(d), |v| parse_with(k, &v, parse_duration))
+        };
+        c.db_pool_size = count("STRATA_DB_POOL_SIZE", c.db_pool_size)?;
+        c.db_timeout = dur("STRATA_DB_TIMEOUT", c.db_timeout)?;
+        c.ingest_queue_capacity = count("STRATA_INGEST_QUEUE_CAPACITY", c.ingest_queue_capacity)?;
+        c.batch_max_events = count("STRATA_BATCH_MAX_EVENTS", c.batch_max_events)?;
+        c.flush_max_events = count("STRATA_FLUSH_MAX_EVENTS", c.flush_max_events)?;
+        c.writers = count("STRATA_WRITERS", c.writers)?;
+        c.body_max_bytes = count("STRATA_BODY_MAX_BYTES", c.body_max_bytes)?;
+        c.metadata_max_bytes = count("STRATA_METADATA_MAX_BYTES", c.metadata_max_bytes)?;
+        c.future_skew = dur("STRATA_FUTURE_SKEW", c.future_skew)?;
+        c.accept_window = dur("STRATA_ACCEPT_WINDOW", c.accept_window)?;
+        c.dedupe_window = dur("STRATA_DEDUPE_WINDOW", c.dedupe_window)?;
+        c.trusted_proxy_header = get("STRATA_TRUSTED_PROXY_HEADER").map(|h| h.to_ascii_lowercase());
+        if let Some(v) = get("STRATA_CORS_ORIGINS") {
+            c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        c.key_cache_ttl = dur("STRATA_KEY_CACHE_TTL", c.key_cache_ttl)?;
+        c.usage_flush_interval = dur("STRATA_USAGE_FLUSH_INTERVAL", c.usage_flush_interval)?;
+        if let Some(v) = get("STRATA_PREMAKE_MONTHS") {
+            c.premake_months = parse_with("STRATA_PREMAKE_MONTHS", &v, |s| s.parse().ok())?;
+        }
+        c.partition_lock_timeout = dur("STRATA_PARTITION_LOCK_TIMEOUT", c.partition_lock_timeout)?;
+        c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
+        c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
+        if let Some(v) = get("STRATA_LOG_FORMAT") {
+            c.log_json = match v.as_str() {
+                "json" => true,
+                "text" => false,
+                _ => return Err(invalid("STRATA_LOG_FORMAT", &v, "expected text or json")),
+            };
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Rejects values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("STRATA_DB_POOL_SIZE", self.db_pool_size),
+            ("STRATA_INGEST_QUEUE_CAPACITY", self.ingest_queue_capacity),
+            ("STRATA_BATCH_MAX_EVENTS", self.batch_max_events),
+            ("STRATA_FLUSH_MAX_EVENTS", self.flush_max_events),
+            ("STRATA_WRITERS", self.writers),
+            ("STRATA_BODY_MAX_BYTES", self.body_max_bytes),
+            ("STRATA_METADATA_MAX_BYTES", self.metadata_max_bytes),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(invalid(name, "0", "must be at least 1"));
+            }
+        }
+        if self.batch_max_events > self.ingest_queue_capacity {
+            return Err(invalid(
+                "STRATA_BATCH_MAX_EVENTS",
+                &self.batch_max_events.to_string(),
+                "must not exceed STRATA_INGEST_QUEUE_CAPACITY, or a full batch could never be queued",
+            ));
+        }
+        if self.key_cache_ttl > KEY_CACHE_TTL_MAX {
+            return Err(invalid(
+                "STRATA_KEY_CACHE_TTL",
+                &format!("{:?}", self.key_cache_ttl),
+                "must be at most 30s so revoked keys stop working within 30 s",
+            ));
+        }
+        if self.writers > self.db_pool_size {
+            return Err(invalid("STRATA_WRITERS", &self.writers.to_string(), "must not exceed STRATA_DB_POOL_SIZE"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError { name: name.into(), value: value.into(), reason: reason.into() }
+}
+
+fn parse_with<T>(name: &str, v: &str, f: impl Fn(&str) -> Option<T>) -> Result<T, ConfigError> {
+    f(v.trim()).ok_or_else(|| invalid(name, v, "could not be parsed"))
+}
+
+/// Parses `250ms`, `5s`, `10m`, `24h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("1y"), None);
+        assert_eq!(parse_duration("h"), None);
+    }
+
+    #[test]
+    fn invalid_setting_is_named_in_the_error() {
+        let err = Config::from_vars(&vars(&[("STRATA_FUTURE_SKEW", "soon")])).unwrap_err();
+        assert_eq!(err.name, "STRATA_FUTURE_SKEW");
+        let err = Config::from_vars(&vars(&[("STRATA_KEY_CACHE_TTL", "60s")])).unwrap_err();
+        assert_eq!(err.name, "STRATA_KEY_CACHE_TTL");
+        let err = Config::from_vars(&vars(&[("STRATA_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("STRATA_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_defaults() {
+        let c = Config::from_vars(&vars(&[
+            ("STRATA_LISTEN", "127.0.0.1:0"),
+            ("STRATA_CORS_ORIGINS", "https://a.example, https://b.example"),
+            ("STRATA_INGEST_QUEUE_CAPACITY", "20000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.cors_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(c.ingest_queue_capacity, 20_000);
+        assert_eq!(c.batch_max_events, 10_000);
+    }
+}

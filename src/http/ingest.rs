@@ -1,0 +1,202 @@
+//! Ingestion routes: `POST /api/events/track` and `POST /api/events/track/batch`.
+//! Authenticate (X-API-Key header, else an `apiKey` body field for `sendBeacon`), validate each
+//! event, queue the valid ones for the group-commit writer and answer only after they committed.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::body::read_json;
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::keys::{KeyInfo, KeyRejection};
+use crate::ingest::event::{parse_event, time_field, EventContext, EventRow};
+use crate::ingest::writer::{FlushAck, FlushError};
+
+/// The ingestion routes with their CORS policy.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/events/track", post(track)).route("/api/events/track/batch", post(track_batch))
+}
+
+type Created = (StatusCode, Json<Value>);
+
+#[tracing::instrument(skip_all)]
+async fn track(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Created, ApiError> {
+    let received_at = Utc::now();
+    let (key, value) = authenticated_body(&s, &headers, body, received_at).await?;
+    let ctx = event_context(&s, &headers, peer, &key, received_at, None);
+    let row = parse_event(&value, &ctx, &s.ua).map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let event_id = row.event_id;
+    let ack = commit(&s, vec![row]).await?;
+    let data = json!({"eventId": event_id, "duplicate": ack.duplicates > 0});
+    Ok((StatusCode::CREATED, Json(json!({"success": true, "message": "Event tracked successfully", "data": data}))))
+}
+
+#[tracing::instrument(skip_all)]
+async fn track_batch(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Created, ApiError> {
+    let received_at = Utc::now();
+    let (key, value) = authenticated_body(&s, &headers, body, received_at).await?;
+    let events = batch_events(&value, s.cfg.batch_max_events)?;
+    let sent_at = match value.get("sentAt").or_else(|| value.get("sent_at")).filter(|v| !v.is_null()) {
+        Some(v) => Some(time_field("sentAt", v).map_err(|e| ApiError::bad_request(e.code, e.message))?),
+        None => None,
+    };
+    let ctx = event_context(&s, &headers, peer, &key, received_at, sent_at);
+    let (rows, errors) = parse_all(&s, events, &ctx);
+    if rows.is_empty() {
+        return Err(ApiError::bad_request("no_valid_events", "no event in the batch is valid")
+            .with_details(json!({ "errors": errors })));
+    }
+    let ids: Vec<_> = rows.iter().map(|r| r.event_id).collect();
+    let ack = commit(&s, rows).await?;
+    let (status, message) = if errors.is_empty() {
+        (StatusCode::CREATED, format!("{} events tracked successfully", ids.len()))
+    } else {
+        (StatusCode::MULTI_STATUS, format!("{} events tracked successfully, {} rejected", ids.len(), errors.len()))
+    };
+    let data = json!({"accepted": ids.len(), "duplicates": ack.duplicates, "eventIds": ids, "errors": errors});
+    Ok((status, Json(json!({"success": true, "message": message, "data": data}))))
+}
+
+/// Authenticates by header before reading the body (cheap refusal), else by the body's `apiKey`.
+async fn authenticated_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    now: DateTime<Utc>,
+) -> Result<(KeyInfo, Value), ApiError> {
+    let header_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or(""));
+    let early = match header_key {
+        Some(k) => Some(authenticate(s, Some(k), now).await?),
+        None => None,
+    };
+    let value = read_json(headers, body, s.cfg.body_max_bytes).await?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid_body", "request body must be a JSON object"));
+    }
+    let key = match early {
+        Some(k) => k,
+        None => authenticate(s, value.get("apiKey").and_then(Value::as_str), now).await?,
+    };
+    Ok((key, value))
+}
+
+async fn authenticate(s: &AppState, key: Option<&str>, now: DateTime<Utc>) -> Result<KeyInfo, ApiError> {
+    let outcome = s.keys.authenticate(key, now).await.map_err(|e| {
+        tracing::warn!(error = %e, "API key lookup failed");
+        ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
+    })?;
+    outcome.map_err(|r| {
+        let code = match r {
+            KeyRejection::Missing => "missing_api_key",
+            KeyRejection::Invalid => "invalid_api_key",
+            KeyRejection::Revoked => "api_key_revoked",
+            KeyRejection::Expired => "api_key_expired",
+        };
+        ApiError::unauthorized(code, r.to_string())
+    })
+}
+
+fn batch_events(value: &Value, max: usize) -> Result<&Vec<Value>, ApiError> {
+    let events = value
+        .get("events")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_request("invalid_batch", "body must be an object with an \"events\" array"))?;
+    if events.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "events must contain at least one event"));
+    }
+    if events.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("a batch holds at most {max} events; this one has {}", events.len()),
+        ));
+    }
+    Ok(events)
+}
+
+fn parse_all(s: &AppState, events: &[Value], ctx: &EventContext) -> (Vec<EventRow>, Vec<Value>) {
+    let mut rows = Vec::with_capacity(events.len());
+    let mut errors = Vec::new();
+    for (index, ev) in events.iter().enumerate() {
+        match parse_event(ev, ctx, &s.ua) {
+            Ok(row) => rows.push(row),
+            Err(e) => errors.push(json!({"index": index, "code": e.code, "message": e.message})),
+        }
+    }
+    (rows, errors)
+}
+
+fn event_context(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    key: &KeyInfo,
+    received_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+) -> EventContext {
+    let ua = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).and_then(|v| s.ua.parse(v));
+    EventContext {
+        app_id: key.app_id,
+        received_at,
+        ip: Some(client_ip(s.cfg.trusted_proxy_header.as_deref(), headers, peer)),
+        ua,
+        sent_at,
+        metadata_max_bytes: s.cfg.metadata_max_bytes,
+        future_skew: chrono::Duration::from_std(s.cfg.future_skew).unwrap_or(chrono::Duration::MAX),
+        accept_window: s.accept_window,
+    }
+}
+
+/// The left-most valid address of the trusted proxy header, else the socket peer.
+fn client_ip(trusted: Option<&str>, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    trusted
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').find_map(|part| parse_ip(part.trim())))
+        .unwrap_or_else(|| peer.ip())
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| s.trim_start_matches('[').split(']').next()?.parse().ok())
+}
+
+async fn commit(s: &AppState, rows: Vec<EventRow>) -> Result<FlushAck, ApiError> {
+    let n = rows.len();
+    let rx = s.queue.submit(rows).map_err(|_| {
+        ApiError::unavailable("queue_full", "the ingest queue is full; retry after the Retry-After delay")
+    })?;
+    match rx.await {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(FlushError::Unavailable(_))) => Err(ApiError::unavailable(
+            "database_unavailable",
+            "the database is unavailable; nothing was stored, retry with the same eventIds",
+        )),
+        Ok(Err(FlushError::Rejected(detail))) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "storage_rejected",
+            format!("the database refused these {n} events; nothing was stored"),
+        )
+        .with_details(json!({ "reason": detail }))),
+        Err(_) => Err(ApiError::unavailable("shutting_down", "the server is shutting down; retry")),
+    }
+}

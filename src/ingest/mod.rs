@@ -1,0 +1,7 @@
+//! The ingestion path: [`event`] validates and normalises, [`ua`] parses user agents, [`writer`]
+//! queues and group-commits, [`store`] writes one transaction (COPY + rollup deltas).
+
+pub mod event;
+pub mod store;
+pub mod ua;
+pub mod writer;

@@ -1,0 +1,21 @@
+//! Strata: a partition-aware time-series event store and analytics service on PostgreSQL.
+//!
+//! # Layout
+//! - [`config`]: typed configuration, defaults, env overrides, validation.
+//! - [`db`]: connection pool, migrations, partitions made at migrate time, server secrets.
+//! - [`embedded`]: the private PostgreSQL cluster used when no `DATABASE_URL` is set.
+//! - [`accounts`]: apps and API keys in storage (CLI today, management API later).
+//! - [`auth`]: API-key authentication with its in-process cache, bearer tokens.
+//! - [`ingest`]: event validation and normalisation, user-agent parsing, the bounded queue and the
+//!   group-commit writers that COPY events and upsert rollups in one transaction.
+//! - [`http`]: axum routers per area, the shared state and the JSON error type.
+//! - [`app`]: building, running and draining the server.
+
+pub mod accounts;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod http;
+pub mod ingest;

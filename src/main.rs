@@ -1,0 +1,126 @@
+//! The `strata` binary: thin clap subcommands over library calls.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use strata::config::Config;
+use strata::{accounts, app, db};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "Partition-aware event store and analytics service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (migrates first).
+    Serve {
+        /// Listen address (env STRATA_LISTEN, default 0.0.0.0:3000).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Apply migrations and create the partitions kept ahead, then exit.
+    Migrate,
+    /// Manage apps.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the admin token in force (configured, or generated and stored in the database).
+    AdminToken,
+    /// Stop the embedded PostgreSQL cluster (it keeps running after `serve` exits).
+    DbStop,
+}
+
+#[derive(Subcommand)]
+enum AppsCommand {
+    /// Create an app and print its id.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (shown once).
+    Create {
+        /// App id.
+        #[arg(long)]
+        app: Uuid,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Days until the key expires (never, when omitted).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id.
+        key_id: Uuid,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = Config::from_env()?;
+    init_tracing(cfg.log_json);
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let application = app::Application::build(cfg).await?;
+            tracing::info!(addr = %application.local_addr(), "strata listening");
+            application.run_until_stopped(app::shutdown_signal()).await?;
+        }
+        Command::DbStop => strata::embedded::stop(&cfg.data_dir.join("postgres")).await?,
+        other => run_admin(other, &cfg).await?,
+    }
+    Ok(())
+}
+
+/// Subcommands that work on the database directly.
+async fn run_admin(command: Command, cfg: &Config) -> anyhow::Result<()> {
+    let url = app::database_url(cfg).await?;
+    db::migrate(&url, cfg.premake_months, cfg.partition_lock_timeout).await.context("migrating")?;
+    let client = db::connect(&url).await?;
+    let secrets = db::Secrets::load(&client, cfg).await?;
+    match command {
+        Command::Migrate => println!("migrations applied"),
+        Command::AdminToken => println!("{}", secrets.admin_token),
+        Command::Apps(AppsCommand::Create { name }) => {
+            let app = accounts::create_app(&client, &name, None).await?;
+            println!("{}", app.id);
+        }
+        Command::Keys(KeysCommand::Create { app, name, expires_in_days }) => {
+            let key = accounts::create_key(&client, &secrets.key_secret, app, &name, expires_in_days).await?;
+            eprintln!("key id {} (prefix {}); the key is shown only once:", key.id, key.key_prefix);
+            println!("{}", key.api_key);
+        }
+        Command::Keys(KeysCommand::Revoke { key_id }) => {
+            accounts::revoke_key(&client, key_id).await?;
+            println!("revoked {key_id}");
+        }
+        Command::Serve { .. } | Command::DbStop => unreachable!("handled by main"),
+    }
+    Ok(())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,220 @@
+//! The test harness: `spawn_app()` runs the real server on port 0 against its own database (cloned
+//! from a migrated template, dropped afterwards) and gives typed helpers.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use strata::app::Application;
+use strata::config::Config;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The server all test databases live on (trust auth).
+pub fn admin_url() -> String {
+    std::env::var("STRATA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn db_url(name: &str) -> String {
+    let base = admin_url();
+    let cut = base.rfind('/').expect("URL has a database part");
+    format!("{}/{name}", &base[..cut])
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const KEY_SECRET: &str = "test-key-secret";
+
+/// A running server with its own database, an app and an API key.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub db: tokio_postgres::Client,
+    pub db_name: String,
+    pub app_id: Uuid,
+    pub api_key: String,
+    pub key_id: Uuid,
+    stop: CancellationToken,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.expect("test PostgreSQL reachable");
+    tokio::spawn(conn);
+    client
+}
+
+/// The migrated template's name: migrations' text hashed, so changed migrations get a new template.
+fn template_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut text = String::new();
+        let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            text.push_str(&std::fs::read_to_string(f).unwrap());
+        }
+        let month = chrono::Utc::now().format("%Y%m");
+        format!("strata_tpl_{month}_{:016x}", fnv(&text))
+    })
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}
+
+/// Makes the template once per server (under an advisory lock: test processes run in parallel).
+async fn ensure_template(admin: &tokio_postgres::Client) {
+    let name = template_name();
+    admin.execute("SELECT pg_advisory_lock(727272)", &[]).await.unwrap();
+    let exists = admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.unwrap().is_some();
+    if !exists {
+        let building = format!("{name}_building");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{building}\"")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE \"{building}\"")).await.unwrap();
+        strata::db::migrate(&db_url(&building), 3, Duration::from_secs(5)).await.expect("migrations apply");
+        admin.batch_execute(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\"")).await.unwrap();
+    }
+    admin.execute("SELECT pg_advisory_unlock(727272)", &[]).await.unwrap();
+}
+
+/// A fresh database cloned from the template; returns its name.
+pub async fn create_test_database() -> String {
+    let admin = admin_client().await;
+    ensure_template(&admin).await;
+    let name = format!("strata_test_{}", Uuid::new_v4().simple());
+    admin.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{}\"", template_name())).await.unwrap();
+    name
+}
+
+/// Connects to a test database.
+pub async fn connect(db_name: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&db_url(db_name), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// The configuration tests start from.
+pub fn test_config(db_name: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: Some(db_url(db_name)),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        key_secret: Some(KEY_SECRET.into()),
+        jwt_secret: Some("test-jwt-secret".into()),
+        db_pool_size: 8,
+        ..Config::default()
+    }
+}
+
+/// A server with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server whose config `adjust` may change.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    init_logs();
+    let db_name = create_test_database().await;
+    let mut cfg = test_config(&db_name);
+    adjust(&mut cfg);
+    cfg.validate().expect("test config is valid");
+    let application = Application::build(cfg).await.expect("server builds");
+    let addr = application.local_addr();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(async move {
+        application.run_until_stopped(stopped.cancelled_owned()).await.expect("server runs");
+    });
+    let db = connect(&db_name).await;
+    let app = strata::accounts::create_app(&db, "test app", None).await.unwrap();
+    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "test key", None).await.unwrap();
+    TestApp {
+        addr,
+        http: reqwest::Client::new(),
+        db,
+        db_name,
+        app_id: app.id,
+        api_key: key.api_key,
+        key_id: key.id,
+        stop,
+        _server: server,
+    }
+}
+
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            tracing_subscriber::fmt().with_env_filter("info,strata=debug").with_test_writer().init();
+        }
+    });
+}
+
+/// A response's status and JSON body.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` as JSON with this app's key.
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        let resp = self.http.post(self.url(path)).header("X-API-Key", &self.api_key).json(body).send().await.unwrap();
+        reply(resp).await
+    }
+
+    pub async fn track(&self, event: &Value) -> Reply {
+        self.post("/api/events/track", event).await
+    }
+
+    pub async fn post_batch(&self, events: &[Value]) -> Reply {
+        self.post("/api/events/track/batch", &serde_json::json!({ "events": events })).await
+    }
+
+    /// Count of raw rows of this app.
+    pub async fn raw_count(&self) -> i64 {
+        self.db.query_one("SELECT count(*) FROM events WHERE app_id = $1", &[&self.app_id]).await.unwrap().get(0)
+    }
+
+    /// Sum of the hourly rollup of this app.
+    pub async fn rollup_count(&self) -> i64 {
+        const SQL: &str = "SELECT COALESCE(sum(events), 0)::int8 FROM rollup_hourly WHERE app_id = $1";
+        self.db.query_one(SQL, &[&self.app_id]).await.unwrap().get(0)
+    }
+}
+
+pub async fn reply(resp: reqwest::Response) -> Reply {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+    Reply { status, body, headers }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let name = self.db_name.clone();
+        // Dropped from a separate thread: Drop cannot await, and the test's runtime may be ending.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                std::thread::sleep(Duration::from_millis(200));
+                let admin = admin_client().await;
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}

@@ -1,0 +1,176 @@
+//! Back-pressure, poisoned flushes and shutdown: a 2xx always means committed.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{connect, create_test_database, spawn_app_with, test_config, KEY_SECRET};
+
+/// Waits until some backend of `db` waits on a lock (the writer blocked behind the test's lock).
+async fn wait_for_lock_waiters(db: &tokio_postgres::Client, n: i64) {
+    const SQL: &str =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    for _ in 0..200 {
+        let waiting: i64 = db.query_one(SQL, &[]).await.unwrap().get(0);
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no backend started waiting on the lock");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing() {
+    let app = std::sync::Arc::new(
+        spawn_app_with(|c| {
+            c.ingest_queue_capacity = 10;
+            c.batch_max_events = 10;
+            c.writers = 1;
+        })
+        .await,
+    );
+    let mut blocker = connect(&app.db_name).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_hourly IN EXCLUSIVE MODE").await.unwrap();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { app.post_batch(&vec![json!({"eventType": "queued"}); 10]).await })
+    };
+    wait_for_lock_waiters(&app.db, 1).await;
+    let refused = app.track(&json!({"eventType": "refused"})).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body["error"]["code"], "queue_full");
+    assert_eq!(refused.headers["retry-after"], "1");
+    tx.commit().await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(app.raw_count().await, 10);
+    // Capacity is back once the queue drained.
+    assert_eq!(app.track(&json!({"eventType": "later"})).await.status, 201);
+}
+
+#[tokio::test]
+async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
+    let app = std::sync::Arc::new(spawn_app_with(|c| c.writers = 1).await);
+    app.db
+        .batch_execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.event_type = 'poison' THEN RAISE EXCEPTION 'poisoned event'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison();",
+        )
+        .await
+        .unwrap();
+    let mut blocker = connect(&app.db_name).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_hourly IN EXCLUSIVE MODE").await.unwrap();
+    let head = {
+        let app = app.clone();
+        tokio::spawn(async move { app.track(&json!({"eventType": "head"})).await })
+    };
+    wait_for_lock_waiters(&app.db, 1).await;
+    // These queue up behind the blocked flush and are committed together in the next one.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let app = app.clone();
+        let ty = if i == 3 { "poison" } else { "good" };
+        tasks.push(tokio::spawn(async move {
+            (ty, app.post_batch(&[json!({"eventType": ty}), json!({"eventType": ty})]).await)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    assert_eq!(head.await.unwrap().status, 201);
+    for t in tasks {
+        let (ty, reply) = t.await.unwrap();
+        if ty == "poison" {
+            assert_eq!(reply.status, 422, "{}", reply.body);
+            assert_eq!(reply.body["error"]["code"], "storage_rejected");
+        } else {
+            assert_eq!(reply.status, 201, "{}", reply.body);
+        }
+    }
+    let rows: Vec<(String, i64)> = app
+        .db
+        .query("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![("good".to_string(), 10), ("head".to_string(), 1)]);
+    assert_eq!(app.rollup_count().await, 11);
+}
+
+/// Starts the real binary against `db_name`; returns the child and its address.
+fn start_binary(db_name: &str) -> (std::process::Child, String) {
+    let cfg = test_config(db_name);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("serve")
+        .env("DATABASE_URL", cfg.database_url.unwrap())
+        .env("STRATA_LISTEN", "127.0.0.1:0")
+        .env("STRATA_KEY_SECRET", KEY_SECRET)
+        .env("STRATA_LOG_FORMAT", "json")
+        .env("STRATA_WRITERS", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the strata binary starts");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        if let Some(a) = v["fields"]["addr"].as_str() {
+            break a.to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test]
+async fn sigterm_drains_every_accepted_event_before_exit() {
+    let db_name = create_test_database().await;
+    let db = connect(&db_name).await;
+    let app = strata::accounts::create_app(&db, "shutdown", None).await.unwrap();
+    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "k", None).await.unwrap();
+    let (mut child, addr) = start_binary(&db_name);
+
+    let mut blocker = connect(&db_name).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_hourly IN EXCLUSIVE MODE").await.unwrap();
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (http, key, url) = (http.clone(), key.api_key.clone(), format!("http://{addr}/api/events/track/batch"));
+        tasks.push(tokio::spawn(async move {
+            let events = vec![json!({"eventType": "drain", "userId": format!("u{i}")}); 5];
+            http.post(url)
+                .header("X-API-Key", key)
+                .json(&json!({ "events": events }))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    wait_for_lock_waiters(&db, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    let mut acked = 0;
+    for t in tasks {
+        if let Ok(Ok(201)) = t.await {
+            acked += 5;
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "server exited with {status}");
+    let stored: i64 = db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(acked, 200, "every request sent before SIGTERM was in flight and must be acknowledged");
+    assert_eq!(stored, acked);
+}

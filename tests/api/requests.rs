@@ -1,0 +1,198 @@
+//! Request-level behaviour: bodies, encodings, browser clients, health, errors.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::helpers::{reply, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_get_specific_4xx_errors() {
+    let app = spawn_app_with(|c| {
+        c.body_max_bytes = 64 * 1024;
+        c.batch_max_events = 5;
+    })
+    .await;
+    let post_raw = |path: &'static str, body: Vec<u8>| {
+        let req =
+            app.http.post(app.url(path)).header("X-API-Key", &app.api_key).header("Content-Type", "application/json");
+        async move { reply(req.body(body).send().await.unwrap()).await }
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("/api/events/track", b"{not json".to_vec(), 400, "invalid_json"),
+        ("/api/events/track", b"".to_vec(), 400, "invalid_json"),
+        ("/api/events/track", b"[1,2]".to_vec(), 400, "invalid_body"),
+        ("/api/events/track", vec![0xff, 0xfe, b'{', b'}'], 400, "invalid_json"),
+        (
+            "/api/events/track",
+            format!("{{\"eventType\":\"{}\"}}", "a".repeat(70 * 1024)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        ("/api/events/track", b"{\"eventType\":\"x\",\"n\":1e999}".to_vec(), 400, "invalid_json"),
+        ("/api/events/track/batch", b"{\"events\":{}}".to_vec(), 400, "invalid_batch"),
+        ("/api/events/track/batch", b"{\"events\":[]}".to_vec(), 400, "empty_batch"),
+        (
+            "/api/events/track/batch",
+            json!({"events": vec![json!({"eventType": "x"}); 6]}).to_string().into_bytes(),
+            413,
+            "too_many_events",
+        ),
+        (
+            "/api/events/track/batch",
+            b"{\"sentAt\":\"later\",\"events\":[{\"eventType\":\"x\"}]}".to_vec(),
+            400,
+            "invalid_timestamp",
+        ),
+    ];
+    for (path, body, status, code) in cases {
+        let r = post_raw(path, body).await;
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{path}: {}", r.body);
+        assert_eq!(r.body["success"], false);
+        assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let deep = format!("{{\"eventType\":\"x\",\"metadata\":{}1{}}}", "{\"a\":".repeat(200), "}".repeat(200));
+    let r = post_raw("/api/events/track", deep.into_bytes()).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("invalid_json")));
+    assert_eq!(app.raw_count().await, 0);
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_accepted_and_zip_bombs_refused() {
+    let app = spawn_app_with(|c| c.body_max_bytes = 64 * 1024).await;
+    let gzip = |data: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    };
+    let body = json!({"events": [{"eventType": "zipped"}, {"eventType": "zipped"}]}).to_string();
+    let r = reply(
+        app.http
+            .post(app.url("/api/events/track/batch"))
+            .header("X-API-Key", &app.api_key)
+            .header("Content-Encoding", "gzip")
+            .body(gzip(body.as_bytes()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(app.raw_count().await, 2);
+
+    let bomb = format!("{{\"eventType\":\"x\",\"metadata\":{{\"a\":\"{}\"}}}}", "0".repeat(1024 * 1024));
+    let r = reply(
+        app.http
+            .post(app.url("/api/events/track"))
+            .header("X-API-Key", &app.api_key)
+            .header("Content-Encoding", "gzip")
+            .body(gzip(bomb.as_bytes()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (413, Some("payload_too_large")));
+    let r = reply(
+        app.http
+            .post(app.url("/api/events/track"))
+            .header("X-API-Key", &app.api_key)
+            .header("Content-Encoding", "br")
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (415, Some("unsupported_encoding")));
+    assert_eq!(app.raw_count().await, 2);
+}
+
+#[tokio::test]
+async fn send_beacon_text_plain_with_api_key_in_body_is_accepted() {
+    let app = spawn_app().await;
+    let body = json!({"apiKey": app.api_key, "eventType": "beacon", "userId": 12345}).to_string();
+    let r = reply(
+        app.http
+            .post(app.url("/api/events/track"))
+            .header("Content-Type", "text/plain;charset=UTF-8")
+            .header("Origin", "https://shop.example")
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    let user: String = app.db.query_one("SELECT user_id FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(user, "12345", "numeric user ids are stored as their text");
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_configured_origins_only() {
+    let app = spawn_app_with(|c| c.cors_origins = vec!["https://shop.example".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/api/events/track"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "x-api-key,content-type")
+            .send()
+    };
+    let ok = preflight("https://shop.example").await.unwrap();
+    assert_eq!(
+        ok.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
+        Some("https://shop.example"),
+        "{ok:?}"
+    );
+    let allowed = ok.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("x-api-key"), "{allowed}");
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn client_ip_comes_from_the_trusted_proxy_header_only_when_configured() {
+    let app = spawn_app_with(|c| c.trusted_proxy_header = Some("x-forwarded-for".into())).await;
+    let r = reply(
+        app.http
+            .post(app.url("/api/events/track"))
+            .header("X-API-Key", &app.api_key)
+            .header("X-Forwarded-For", "203.0.113.7, 10.0.0.1")
+            .json(&json!({"eventType": "x"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let ip: String = app.db.query_one("SELECT host(ip_address) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(ip, "203.0.113.7");
+}
+
+#[tokio::test]
+async fn health_and_ready_report_the_database_and_migrations() {
+    let app = spawn_app().await;
+    let h = reply(app.http.get(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!((h.status, h.body["status"].as_str()), (200, Some("ok")));
+    let r = reply(app.http.get(app.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "ready");
+    assert_eq!(r.body["checks"]["partitions"]["present"], 4);
+    // A missing future partition makes the service not ready.
+    let last = partition_jobs::Month::containing(chrono::Utc::now()).add_months(3).partition_name();
+    app.db.batch_execute(&format!("ALTER TABLE events DETACH PARTITION {last}")).await.unwrap();
+    let r = reply(app.http.get(app.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body["checks"]["partitions"]["ok"], false);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json_errors() {
+    let app = spawn_app().await;
+    let r = reply(app.http.get(app.url("/api/nope/../../etc/passwd")).send().await.unwrap()).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("not_found")));
+    let r = reply(app.http.get(app.url("/api/events/track")).send().await.unwrap()).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+}
