@@ -61,6 +61,7 @@ impl Application {
         let queue = writer::start(pool.clone(), writer_cfg, background_stop.clone(), &tracker);
         let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), cfg.key_cache_ttl);
         tracker.spawn(keys.clone().usage_flush_loop(cfg.usage_flush_interval, background_stop.clone()));
+        tracker.spawn(crate::ingest::dedupe::prune_loop(pool.clone(), cfg.dedupe_window, background_stop.clone()));
         let ua = tokio::task::spawn_blocking(UaParser::new).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let accept_window = chrono::Duration::from_std(cfg.accept_window).context("STRATA_ACCEPT_WINDOW")?;

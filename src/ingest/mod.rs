@@ -1,6 +1,8 @@
 //! The ingestion path: [`event`] validates and normalises, [`ua`] parses user agents, [`writer`]
-//! queues and group-commits, [`store`] writes one transaction (COPY + rollup deltas).
+//! queues and group-commits, [`store`] writes one transaction (COPY + rollup deltas), [`dedupe`]
+//! prunes the idempotency table.
 
+pub mod dedupe;
 pub mod event;
 pub mod store;
 pub mod ua;

@@ -343,3 +343,24 @@ async fn key_usage_is_counted_in_batches() {
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (3, true));
 }
+
+#[tokio::test]
+async fn event_ids_older_than_the_dedupe_window_are_pruned() {
+    let app = spawn_app().await;
+    let old = Uuid::new_v4();
+    assert_eq!(app.track(&json!({"eventType": "a", "eventId": old})).await.status, 201);
+    assert_eq!(app.track(&json!({"eventType": "b"})).await.status, 201);
+    app.db
+        .execute("UPDATE event_ids SET received_at = now() - interval '8 days' WHERE event_id = $1", &[&old])
+        .await
+        .unwrap();
+    let pool = strata::db::pool(
+        crate::helpers::test_config(&app.db_name).database_url.as_deref().unwrap(),
+        &strata::config::Config::default(),
+    )
+    .unwrap();
+    let deleted = strata::ingest::dedupe::prune_once(&pool, std::time::Duration::from_secs(7 * 86_400)).await.unwrap();
+    assert_eq!(deleted, 1);
+    let left: i64 = app.db.query_one("SELECT count(*) FROM event_ids", &[]).await.unwrap().get(0);
+    assert_eq!(left, 1);
+}
