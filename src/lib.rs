@@ -9,6 +9,7 @@
 //! - [`ingest`]: event validation and normalisation, user-agent parsing, the bounded queue and the
 //!   group-commit writers that COPY events and upsert rollups in one transaction.
 //! - [`http`]: axum routers per area, the shared state and the JSON error type.
+//! - [`rollups`]: rebuilding rollups from raw rows (CLI and scheduler).
 //! - [`app`]: building, running and draining the server.
 
 pub mod accounts;
@@ -19,3 +20,4 @@ pub mod db;
 pub mod embedded;
 pub mod http;
 pub mod ingest;
+pub mod rollups;

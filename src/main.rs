@@ -1,6 +1,7 @@
 //! The `strata` binary: thin clap subcommands over library calls.
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use strata::config::Config;
 use strata::{accounts, app, db};
@@ -29,6 +30,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Rebuild rollups from raw events.
+    #[command(subcommand)]
+    Rollups(RollupsCommand),
     /// Print the admin token in force (configured, or generated and stored in the database).
     AdminToken,
     /// Stop the embedded PostgreSQL cluster (it keeps running after `serve` exits).
@@ -42,6 +46,22 @@ enum AppsCommand {
         /// Display name.
         #[arg(long)]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RollupsCommand {
+    /// Recompute rollups for a range (default: all stored events) from raw rows.
+    Rebuild {
+        /// Only this app.
+        #[arg(long)]
+        app: Option<Uuid>,
+        /// Start (RFC 3339 or YYYY-MM-DD, UTC); default: the oldest event.
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (RFC 3339 or YYYY-MM-DD, UTC); default: after the newest event.
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -108,9 +128,44 @@ async fn run_admin(command: Command, cfg: &Config) -> anyhow::Result<()> {
             accounts::revoke_key(&client, key_id).await?;
             println!("revoked {key_id}");
         }
+        Command::Rollups(RollupsCommand::Rebuild { app, from, to }) => {
+            let mut client = client;
+            let (from, to) = rebuild_range(&client, from.as_deref(), to.as_deref()).await?;
+            let report = strata::rollups::rebuild(&mut client, app, from, to).await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::Serve { .. } | Command::DbStop => unreachable!("handled by main"),
     }
     Ok(())
+}
+
+/// The range to rebuild: given bounds, else the span of stored events.
+async fn rebuild_range(
+    client: &tokio_postgres::Client,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
+    const SPAN: &str = "SELECT min(created_at), max(created_at) + interval '1 hour' FROM events";
+    let row = client.query_one(SPAN, &[]).await?;
+    let (lo, hi): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (row.get(0), row.get(1));
+    let from = match from {
+        Some(s) => parse_instant(s)?,
+        None => lo.unwrap_or_else(Utc::now),
+    };
+    let to = match to {
+        Some(s) => parse_instant(s)?,
+        None => hi.unwrap_or(from),
+    };
+    Ok((from, to))
+}
+
+fn parse_instant(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .with_context(|| format!("{s:?} is not RFC 3339 or YYYY-MM-DD"))?;
+    Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
 }
 
 fn init_tracing(json: bool) {
