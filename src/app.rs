@@ -61,6 +61,13 @@ impl Application {
         let queue = writer::start(pool.clone(), writer_cfg, background_stop.clone(), &tracker);
         let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), cfg.key_cache_ttl);
         tracker.spawn(keys.clone().usage_flush_loop(cfg.usage_flush_interval, background_stop.clone()));
+        crate::jobs::publish_policy(&pool, &cfg).await.context("publishing the partition policy")?;
+        tracker.spawn(crate::jobs::maintenance_loop(
+            pool.clone(),
+            cfg.maintenance_interval,
+            cfg.partition_lock_timeout,
+            background_stop.clone(),
+        ));
         tracker.spawn(crate::ingest::dedupe::prune_loop(pool.clone(), cfg.dedupe_window, background_stop.clone()));
         let ua = tokio::task::spawn_blocking(UaParser::new).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;

@@ -74,6 +74,13 @@ pub struct Config {
     pub usage_flush_interval: Duration,
     /// `STRATA_PREMAKE_MONTHS` (default 3): monthly partitions kept ahead of the current month.
     pub premake_months: u32,
+    /// `STRATA_RETENTION_MONTHS` (default off): whole months of raw events kept before the current
+    /// one; older months are detached (or dropped). Rollups outlive them.
+    pub retention_months: Option<u32>,
+    /// `STRATA_RETENTION_MODE` (`detach` or `drop`, default `detach`).
+    pub retention_drop: bool,
+    /// `STRATA_MAINTENANCE_INTERVAL` (default `10m`): how often the scheduler runs maintenance.
+    pub maintenance_interval: Duration,
     /// `STRATA_PARTITION_LOCK_TIMEOUT` (default `2s`): lock_timeout of partition DDL.
     pub partition_lock_timeout: Duration,
     /// `STRATA_SHUTDOWN_GRACE` (default `30s`): longest drain of accepted events on shutdown.
@@ -111,6 +118,9 @@ impl Default for Config {
             key_cache_ttl: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(5),
             premake_months: 3,
+            retention_months: None,
+            retention_drop: false,
+            maintenance_interval: Duration::from_secs(600),
             partition_lock_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -172,6 +182,20 @@ impl Config {
         if let Some(v) = get("STRATA_PREMAKE_MONTHS") {
             c.premake_months = parse_with("STRATA_PREMAKE_MONTHS", &v, |s| s.parse().ok())?;
         }
+        if let Some(v) = get("STRATA_RETENTION_MONTHS") {
+            c.retention_months = match v.trim() {
+                "off" | "0" => None,
+                n => Some(parse_with("STRATA_RETENTION_MONTHS", n, |s| s.parse().ok())?),
+            };
+        }
+        if let Some(v) = get("STRATA_RETENTION_MODE") {
+            c.retention_drop = match v.trim() {
+                "drop" => true,
+                "detach" => false,
+                _ => return Err(invalid("STRATA_RETENTION_MODE", &v, "expected detach or drop")),
+            };
+        }
+        c.maintenance_interval = dur("STRATA_MAINTENANCE_INTERVAL", c.maintenance_interval)?;
         c.partition_lock_timeout = dur("STRATA_PARTITION_LOCK_TIMEOUT", c.partition_lock_timeout)?;
         c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
@@ -215,6 +239,12 @@ impl Config {
                 &format!("{:?}", self.key_cache_ttl),
                 "must be at most 30s so revoked keys stop working within 30 s",
             ));
+        }
+        if self.premake_months > 120 {
+            return Err(invalid("STRATA_PREMAKE_MONTHS", &self.premake_months.to_string(), "must be at most 120"));
+        }
+        if self.maintenance_interval.is_zero() {
+            return Err(invalid("STRATA_MAINTENANCE_INTERVAL", "0", "must be positive"));
         }
         if self.writers > self.db_pool_size {
             return Err(invalid("STRATA_WRITERS", &self.writers.to_string(), "must not exceed STRATA_DB_POOL_SIZE"));

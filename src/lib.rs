@@ -9,6 +9,8 @@
 //! - [`ingest`]: event validation and normalisation, user-agent parsing, the bounded queue and the
 //!   group-commit writers that COPY events and upsert rollups in one transaction.
 //! - [`http`]: axum routers per area, the shared state and the JSON error type.
+//! - [`jobs`]: the maintenance scheduler (partition-jobs under the runner lock, rollup repair).
+//! - [`query`]: analytics query planning (rollups for whole slots, raw rows for edges) and execution.
 //! - [`rollups`]: rebuilding rollups from raw rows (CLI and scheduler).
 //! - [`app`]: building, running and draining the server.
 
@@ -20,4 +22,6 @@ pub mod db;
 pub mod embedded;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
+pub mod query;
 pub mod rollups;

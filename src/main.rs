@@ -30,6 +30,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Partition maintenance (the same code the server's scheduler runs).
+    #[command(subcommand)]
+    Partitions(PartitionsCommand),
     /// Rebuild rollups from raw events.
     #[command(subcommand)]
     Rollups(RollupsCommand),
@@ -47,6 +50,14 @@ enum AppsCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PartitionsCommand {
+    /// Print partitions and the health verdict as JSON.
+    Status,
+    /// Run maintenance now (if no other process holds the runner lock) and print its report.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +138,18 @@ async fn run_admin(command: Command, cfg: &Config) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Revoke { key_id }) => {
             accounts::revoke_key(&client, key_id).await?;
             println!("revoked {key_id}");
+        }
+        Command::Partitions(PartitionsCommand::Status) => {
+            let catalog = partition_jobs::read_catalog(&client).await?;
+            let policy = partition_jobs::load_policy(&client).await?;
+            let health = partition_jobs::health(&client, Utc::now(), &policy).await?;
+            let out = serde_json::json!({"policy": policy, "health": health, "catalog": catalog});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Command::Partitions(PartitionsCommand::Run) => {
+            let pool = db::pool(&url, cfg)?;
+            let report = strata::jobs::run_maintenance(&pool, cfg.partition_lock_timeout).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Rollups(RollupsCommand::Rebuild { app, from, to }) => {
             let mut client = client;

@@ -78,3 +78,9 @@ pub async fn rebuild(
     }
     Ok(report)
 }
+
+/// Marks `month`'s rollups complete (after its affected hours were rebuilt).
+pub async fn mark_month_complete(client: &Client, month: Month) -> Result<(), tokio_postgres::Error> {
+    client.execute(MARK_COMPLETE, &[&month.start().date_naive()]).await?;
+    Ok(())
+}

@@ -90,14 +90,7 @@ pub async fn apply(client: &Client, actions: &[Action], lock_timeout: Duration) 
 }
 
 fn outcome(action: Action, status: OutcomeStatus, detail: Option<String>) -> ActionOutcome {
-    ActionOutcome {
-        action,
-        status,
-        detail,
-        elapsed_ms: 0,
-        moved_rows: 0,
-        affected_hours: Vec::new(),
-    }
+    ActionOutcome { action, status, detail, elapsed_ms: 0, moved_rows: 0, affected_hours: Vec::new() }
 }
 
 async fn run_action(client: &Client, action: &Action, lock_timeout: Duration) -> ActionOutcome {
@@ -116,9 +109,7 @@ async fn run_action(client: &Client, action: &Action, lock_timeout: Duration) ->
         }
         Action::DetachPartition { month } => detach(client, month, lock_timeout).await,
         Action::DropPartition { month } => drop_table(client, month, lock_timeout).await,
-        Action::AnalyzePartition { month, .. } => {
-            analyze(client, &month.partition_name(), lock_timeout).await
-        }
+        Action::AnalyzePartition { month, .. } => analyze(client, &month.partition_name(), lock_timeout).await,
         Action::AnalyzeParent => analyze(client, "events", lock_timeout).await,
     };
     match result {
@@ -185,9 +176,7 @@ async fn detach_under_session_lock(client: &Client, month: Month) -> Result<bool
         Ok(true)
     }
     .await;
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&PARTITION_DDL_LOCK_KEY])
-        .await;
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&PARTITION_DDL_LOCK_KEY]).await;
     result
 }
 
@@ -201,19 +190,14 @@ WHERE c.relname = $1 AND c.relkind = 'r'
 async fn drop_table(client: &Client, month: Month, lock_timeout: Duration) -> Result<bool, Error> {
     let name = month.partition_name();
     in_ddl_transaction(client, "dropping a detached partition", lock_timeout, || async {
-        let row = client
-            .query_opt(TABLE_STATE_SQL, &[&name])
-            .await
-            .map_err(Error::db("dropping a detached partition"))?;
+        let row =
+            client.query_opt(TABLE_STATE_SQL, &[&name]).await.map_err(Error::db("dropping a detached partition"))?;
         match row {
             None => Ok(false),
             Some(r) if r.get::<_, bool>(0) => Err(Error::StillAttached { name: name.clone() }),
             Some(_) => {
                 let sql = format!("DROP TABLE {name}");
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(Error::db("dropping a detached partition"))?;
+                client.batch_execute(&sql).await.map_err(Error::db("dropping a detached partition"))?;
                 tracing::info!(table = %name, "dropped detached partition");
                 Ok(true)
             }

@@ -193,17 +193,9 @@ async fn read_partitions(client: &Client, full: bool) -> Result<Catalog, Error> 
         let bound: String = row.get("bound");
         if bound == "DEFAULT" {
             let qualified: String = row.get("qualified");
-            let (rows, months) = if full {
-                default_rows(client, &qualified).await?
-            } else {
-                (0, Vec::new())
-            };
-            catalog.default_partition = Some(DefaultPartition {
-                name: row.get("name"),
-                rows,
-                months,
-                stats: stats(row),
-            });
+            let (rows, months) = if full { default_rows(client, &qualified).await? } else { (0, Vec::new()) };
+            catalog.default_partition =
+                Some(DefaultPartition { name: row.get("name"), rows, months, stats: stats(row) });
         } else {
             catalog.partitions.push(partition(row, bound));
         }
@@ -214,10 +206,7 @@ async fn read_partitions(client: &Client, full: bool) -> Result<Catalog, Error> 
     let parent = client.query_one(PARENT_SQL, &[]).await.map_err(Error::db(ctx))?;
     catalog.parent = stats(&parent);
     let detached = client.query(DETACHED_SQL, &[]).await.map_err(Error::db(ctx))?;
-    catalog.detached = detached
-        .iter()
-        .filter_map(|r| Month::parse_partition_name(r.get(0)))
-        .collect();
+    catalog.detached = detached.iter().filter_map(|r| Month::parse_partition_name(r.get(0))).collect();
     Ok(catalog)
 }
 
@@ -225,17 +214,8 @@ fn partition(row: &Row, bound: String) -> Partition {
     let name: String = row.get("name");
     let from: Option<DateTime<Utc>> = row.get("lower");
     let to: Option<DateTime<Utc>> = row.get("upper");
-    let month = Month::parse_partition_name(&name)
-        .filter(|m| from == Some(m.start()) && to == Some(m.end()));
-    Partition {
-        name,
-        month,
-        from,
-        to,
-        bound,
-        detach_pending: row.get("detach_pending"),
-        stats: stats(row),
-    }
+    let month = Month::parse_partition_name(&name).filter(|m| from == Some(m.start()) && to == Some(m.end()));
+    Partition { name, month, from, to, bound, detach_pending: row.get("detach_pending"), stats: stats(row) }
 }
 
 fn stats(row: &Row) -> TableStats {
@@ -258,10 +238,7 @@ async fn default_rows(client: &Client, qualified: &str) -> Result<(i64, Vec<Mont
                 EXTRACT(MONTH FROM created_at AT TIME ZONE 'UTC')::int4 AS m, count(*) AS n \
          FROM {qualified} GROUP BY 1, 2 ORDER BY 1, 2"
     );
-    let rows = client
-        .query(sql.as_str(), &[])
-        .await
-        .map_err(Error::db("counting rows of the default partition"))?;
+    let rows = client.query(sql.as_str(), &[]).await.map_err(Error::db("counting rows of the default partition"))?;
     let mut total = 0;
     let mut months = Vec::new();
     for row in rows {

@@ -52,11 +52,7 @@ pub struct MonthCreation {
 /// advisory lock. Inserts `(month, true)` into `rollup_months` when it creates the partition.
 /// If a DEFAULT partition holds rows of the month they are moved in the same transaction (see
 /// [`create_month`]). Returns `Ok(true)` when this call created the partition.
-pub async fn ensure_month(
-    client: &Client,
-    month: Month,
-    lock_timeout: Duration,
-) -> Result<bool, Error> {
+pub async fn ensure_month(client: &Client, month: Month, lock_timeout: Duration) -> Result<bool, Error> {
     Ok(create_month(client, month, lock_timeout).await?.created)
 }
 
@@ -69,9 +65,7 @@ pub async fn ensure_months(
     lock_timeout: Duration,
 ) -> Result<Vec<Month>, Error> {
     if from.months_until(to) >= MAX_MONTHS_PER_CALL {
-        return Err(Error::InvalidPolicy(format!(
-            "refusing to create {from}..{to}: more than {MAX_MONTHS_PER_CALL} months"
-        )));
+        return Err(Error::RangeTooLarge { from, to, limit: MAX_MONTHS_PER_CALL });
     }
     let mut created = Vec::new();
     for month in from.through(to) {
@@ -90,21 +84,12 @@ pub async fn ensure_months(
 /// DEFAULT partition and the new table are locked exclusively; inserts into other months go on.
 /// When rows were moved, `rollup_months` gets `complete = false` for the month.
 #[tracing::instrument(skip_all, fields(month = %month))]
-pub async fn create_month(
-    client: &Client,
-    month: Month,
-    lock_timeout: Duration,
-) -> Result<MonthCreation, Error> {
+pub async fn create_month(client: &Client, month: Month, lock_timeout: Duration) -> Result<MonthCreation, Error> {
     if !month.is_valid() {
-        return Err(Error::InvalidMonth {
-            year: month.year,
-            month: month.month,
-        });
+        return Err(Error::InvalidMonth { year: month.year, month: month.month });
     }
-    let created = in_ddl_transaction(client, "creating a partition", lock_timeout, || {
-        create_month_locked(client, month)
-    })
-    .await?;
+    let created =
+        in_ddl_transaction(client, "creating a partition", lock_timeout, || create_month_locked(client, month)).await?;
     if created.created {
         tracing::info!(moved_rows = created.moved_rows, "created partition");
     }
@@ -138,19 +123,11 @@ async fn create_month_locked(client: &Client, month: Month) -> Result<MonthCreat
         return Ok(MonthCreation::default());
     }
     if let Some(p) = catalog.partitions.iter().find(|p| p.overlaps(month)) {
-        return Err(Error::Overlap {
-            month,
-            partition: p.name.clone(),
-        });
+        return Err(Error::Overlap { month, partition: p.name.clone() });
     }
-    let create = format!(
-        "CREATE TABLE IF NOT EXISTS {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-    );
+    let create = format!("CREATE TABLE IF NOT EXISTS {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)");
     client.batch_execute(&create).await.map_err(Error::db(ctx))?;
-    let mut result = MonthCreation {
-        created: true,
-        ..MonthCreation::default()
-    };
+    let mut result = MonthCreation { created: true, ..MonthCreation::default() };
     if catalog.default_partition.is_some() {
         (result.moved_rows, result.affected_hours) = move_default_rows(client, month).await?;
     }
@@ -160,24 +137,14 @@ async fn create_month_locked(client: &Client, month: Month) -> Result<MonthCreat
         bound_literal(month.end()),
     );
     client.batch_execute(&attach).await.map_err(Error::db(ctx))?;
-    let sql = if result.moved_rows > 0 {
-        ROLLUP_MONTH_INCOMPLETE_SQL
-    } else {
-        ROLLUP_MONTH_SQL
-    };
-    client
-        .execute(sql, &[&month.first_day()])
-        .await
-        .map_err(Error::db("recording the month in rollup_months"))?;
+    let sql = if result.moved_rows > 0 { ROLLUP_MONTH_INCOMPLETE_SQL } else { ROLLUP_MONTH_SQL };
+    client.execute(sql, &[&month.first_day()]).await.map_err(Error::db("recording the month in rollup_months"))?;
     Ok(result)
 }
 
 /// Moves the month's rows from the DEFAULT partition into the (not yet attached) month table.
 /// Deleting through `events` keeps the parent's column order, which `LIKE events` copied.
-async fn move_default_rows(
-    client: &Client,
-    month: Month,
-) -> Result<(i64, Vec<DateTime<Utc>>), Error> {
+async fn move_default_rows(client: &Client, month: Month) -> Result<(i64, Vec<DateTime<Utc>>), Error> {
     let sql = format!(
         "WITH moved AS (DELETE FROM events WHERE created_at >= $1 AND created_at < $2 RETURNING *), \
               ins AS (INSERT INTO {} SELECT * FROM moved RETURNING created_at) \
@@ -260,11 +227,7 @@ where
         match op().await {
             Err(Error::Db { source, .. }) if is_retryable_db(&source) => {
                 if attempt >= DDL_MAX_ATTEMPTS {
-                    return Err(Error::LockContention {
-                        context,
-                        attempts: attempt,
-                        source,
-                    });
+                    return Err(Error::LockContention { context, attempts: attempt, source });
                 }
                 tracing::warn!(attempt, error = %source, "{context}: retrying");
                 tokio::time::sleep(backoff(attempt)).await;
@@ -277,11 +240,7 @@ where
 
 /// Sets `lock_timeout` for the transaction (`local`) or the session; never 0 (which would mean
 /// "wait forever").
-pub(crate) async fn set_lock_timeout(
-    client: &Client,
-    lock_timeout: Duration,
-    local: bool,
-) -> Result<(), Error> {
+pub(crate) async fn set_lock_timeout(client: &Client, lock_timeout: Duration, local: bool) -> Result<(), Error> {
     let value = format!("{}ms", lock_timeout.as_millis().max(1));
     client
         .execute("SELECT set_config('lock_timeout', $1, $2)", &[&value, &local])
@@ -293,8 +252,6 @@ pub(crate) async fn set_lock_timeout(
 fn backoff(attempt: u32) -> Duration {
     let base = DDL_BACKOFF_BASE * 2u32.saturating_pow(attempt - 1);
     // Jitter from the clock keeps racing processes from retrying in lockstep.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     base + Duration::from_millis(u64::from(nanos) % (base.as_millis() as u64 + 1))
 }

@@ -52,6 +52,16 @@ pub enum Error {
         /// The partition in the way.
         partition: String,
     },
+    /// [`crate::ensure_months`] was asked for more months than it makes in one call.
+    #[error("refusing to create {from}..{to}: more than {limit} months")]
+    RangeTooLarge {
+        /// First month asked for.
+        from: Month,
+        /// Last month asked for.
+        to: Month,
+        /// The limit.
+        limit: i64,
+    },
     /// A table to drop is still attached to `events`.
     #[error("table {name} is still attached to events; detach it first")]
     StillAttached {

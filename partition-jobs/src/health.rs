@@ -60,10 +60,8 @@ pub struct RunHistory {
 #[tracing::instrument(skip_all)]
 pub async fn health(client: &Client, now: DateTime<Utc>, policy: &Policy) -> Result<Health, Error> {
     let catalog = read_catalog(client).await?;
-    let history = RunHistory {
-        last: list_runs(client, 1).await?.into_iter().next(),
-        last_success: last_success(client).await?,
-    };
+    let history =
+        RunHistory { last: list_runs(client, 1).await?.into_iter().next(), last_success: last_success(client).await? };
     Ok(assess(now, &catalog, policy, &history))
 }
 
@@ -88,9 +86,7 @@ fn check(name: &'static str, status: Status, detail: String) -> Check {
 /// Consecutive months covered after the current one (counting up to `limit`).
 pub fn months_ahead(now: DateTime<Utc>, catalog: &Catalog, limit: i32) -> i32 {
     let current = Month::containing(now);
-    (1..=limit)
-        .take_while(|&i| catalog.covers(current.add_months(i)))
-        .count() as i32
+    (1..=limit).take_while(|&i| catalog.covers(current.add_months(i))).count() as i32
 }
 
 fn coverage(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Check {
@@ -101,21 +97,14 @@ fn coverage(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Check {
     }
     let ahead = months_ahead(now, catalog, policy.premake_months);
     let detail = format!("{ahead} of {} months ahead covered", policy.premake_months);
-    let status = if ahead < policy.premake_months {
-        Status::Warning
-    } else {
-        Status::Ok
-    };
+    let status = if ahead < policy.premake_months { Status::Warning } else { Status::Ok };
     check("coverage", status, detail)
 }
 
 fn gaps(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Check {
     let current = Month::containing(now);
     // Months ahead are the coverage check's business.
-    let missing: Vec<Month> = missing_months(now, catalog, policy)
-        .into_iter()
-        .filter(|&m| m < current)
-        .collect();
+    let missing: Vec<Month> = missing_months(now, catalog, policy).into_iter().filter(|&m| m < current).collect();
     if missing.is_empty() {
         return check("gaps", Status::Ok, "no missing months".into());
     }
@@ -133,12 +122,7 @@ fn default_partition(catalog: &Catalog) -> Check {
         }
         Some(d) => {
             let months: Vec<Month> = d.months.iter().map(|m| m.month).collect();
-            let detail = format!(
-                "{} rows in default partition {} (months: {})",
-                d.rows,
-                d.name,
-                list(&months)
-            );
+            let detail = format!("{} rows in default partition {} (months: {})", d.rows, d.name, list(&months));
             check(name, Status::Warning, detail)
         }
     }
@@ -154,9 +138,10 @@ fn statistics(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Check {
         .map(|(m, _)| m)
         .collect();
     let parent_stale = parent_needs_analyze(now, catalog, policy)
-        && catalog.parent.last_analyzed().is_none_or(|t| {
-            now - t > policy.parent_analyze_min_interval() + policy.run_stale_after()
-        });
+        && catalog
+            .parent
+            .last_analyzed()
+            .is_none_or(|t| now - t > policy.parent_analyze_min_interval() + policy.run_stale_after());
     if stale.is_empty() && !parent_stale {
         return check("statistics", Status::Ok, "statistics are fresh".into());
     }
@@ -210,12 +195,8 @@ fn retention(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Check {
     let Some(oldest) = policy.oldest_retained_month(now) else {
         return check("retention", Status::Ok, "retention is off".into());
     };
-    let expired: Vec<Month> = catalog
-        .partitions
-        .iter()
-        .filter_map(|p| p.month)
-        .filter(|&m| past_retention(now, policy, m))
-        .collect();
+    let expired: Vec<Month> =
+        catalog.partitions.iter().filter_map(|p| p.month).filter(|&m| past_retention(now, policy, m)).collect();
     if expired.is_empty() {
         let detail = format!("no attached month before {oldest}");
         return check("retention", Status::Ok, detail);

@@ -26,17 +26,11 @@ fn catalog_of(months: impl IntoIterator<Item = Month>) -> Catalog {
             stats: TableStats::default(),
         })
         .collect();
-    Catalog {
-        partitions,
-        ..Catalog::default()
-    }
+    Catalog { partitions, ..Catalog::default() }
 }
 
 fn good_runs() -> RunHistory {
-    RunHistory {
-        last: Some(run("ok", None)),
-        last_success: Some(now() - Duration::minutes(10)),
-    }
+    RunHistory { last: Some(run("ok", None)), last_success: Some(now() - Duration::minutes(10)) }
 }
 
 fn run(status: &str, error: Option<&str>) -> RunRecord {
@@ -133,22 +127,13 @@ fn maintenance_verdicts_follow_the_last_runs() {
     let p = Policy::default();
     let none = RunHistory::default();
     assert_eq!(status_of(&assess(now(), &catalog, &p, &none), "maintenance"), Status::Warning);
-    let failed = RunHistory {
-        last: Some(run("failed", Some("lock timeout"))),
-        ..good_runs()
-    };
+    let failed = RunHistory { last: Some(run("failed", Some("lock timeout"))), ..good_runs() };
     let h = assess(now(), &catalog, &p, &failed);
     let c = h.checks.iter().find(|c| c.name == "maintenance").unwrap();
     assert_eq!((c.status, c.detail.as_str()), (Status::Warning, "last run 7 failed: lock timeout"));
-    let never_ok = RunHistory {
-        last: Some(run("failed", None)),
-        last_success: None,
-    };
+    let never_ok = RunHistory { last: Some(run("failed", None)), last_success: None };
     assert_eq!(status_of(&assess(now(), &catalog, &p, &never_ok), "maintenance"), Status::Critical);
-    let old = RunHistory {
-        last_success: Some(now() - Duration::hours(4)),
-        ..good_runs()
-    };
+    let old = RunHistory { last_success: Some(now() - Duration::hours(4)), ..good_runs() };
     let h = assess(now(), &catalog, &p, &old);
     let c = h.checks.iter().find(|c| c.name == "maintenance").unwrap();
     assert_eq!(
@@ -159,10 +144,7 @@ fn maintenance_verdicts_follow_the_last_runs() {
 
 #[test]
 fn months_past_retention_still_attached_are_a_warning() {
-    let policy = Policy {
-        retention_months: Some(2),
-        ..Policy::default()
-    };
+    let policy = Policy { retention_months: Some(2), ..Policy::default() };
     let catalog = catalog_of(m(2026, 7).through(m(2027, 2)));
     let h = assess(now(), &catalog, &policy, &good_runs());
     let c = h.checks.iter().find(|c| c.name == "retention").unwrap();

@@ -3,15 +3,15 @@
 //! DEFAULT partition if a DBA ever attached one.
 //!
 //! # Layout
-//! - [`month`]: [`Month`], a validated UTC calendar month; partition names and bounds come from it.
-//! - [`error`]: [`Error`], this crate's error enum.
-//! - [`catalog`]: [`Catalog`], partitions with bounds and statistics, read by [`read_catalog`].
-//! - [`ddl`]: [`ensure_month`] / [`create_month`]: the one lock discipline for partition DDL.
-//! - [`policy`]: [`Policy`], stored in `partition_policy` ([`load_policy`], [`save_policy`]).
-//! - [`plan`]: the pure planner [`plan()`](plan::plan) and its [`Action`]s.
-//! - [`apply`]: the executor [`apply()`](apply::apply) and its [`ActionOutcome`]s.
-//! - [`run`]: [`run_once`]: one recorded run by the single runner of a database; run history.
-//! - [`health`]: [`health()`](health::health): the verdict DBAs and `/ready` read.
+//! - [`month`](mod@month): [`Month`], a validated UTC calendar month; partition names and bounds come from it.
+//! - [`error`](mod@error): [`Error`], this crate's error enum.
+//! - [`catalog`](mod@catalog): [`Catalog`], partitions with bounds and statistics, read by [`read_catalog`].
+//! - [`ddl`](mod@ddl): [`ensure_month`] / [`create_month`]: the one lock discipline for partition DDL.
+//! - [`policy`](mod@policy): [`Policy`], stored in `partition_policy` ([`load_policy`], [`save_policy`]).
+//! - [`plan`](mod@plan): the pure planner [`plan()`](plan::plan) and its [`Action`]s.
+//! - [`apply`](mod@apply): the executor [`apply()`](apply::apply) and its [`ActionOutcome`]s.
+//! - [`run`](mod@run): [`run_once`]: one recorded run by the single runner of a database; run history.
+//! - [`health`](mod@health): [`health()`](health::health): the verdict DBAs and `/ready` read.
 //!
 //! The CLI (`src/bin/partition-jobs.rs`) calls the same functions as the server's scheduler.
 //!
@@ -26,24 +26,26 @@
 //! level, around every partition DDL) and [`MAINTENANCE_RUNNER_LOCK_KEY`] (session level, held by
 //! the one process running maintenance for a database).
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod catalog;
-pub mod health;
 pub mod ddl;
 pub mod error;
+pub mod health;
 pub mod month;
 pub mod plan;
 pub mod policy;
 pub mod run;
 
+pub use apply::{apply, ActionOutcome, OutcomeStatus};
 pub use catalog::{read_catalog, Catalog, DefaultPartition, MonthRows, Partition, TableStats};
 pub use ddl::{create_month, ensure_month, ensure_months, MonthCreation};
 pub use error::Error;
+pub use health::{assess, health, Check, Health, RunHistory, Status};
 pub use month::Month;
 pub use plan::{plan, Action};
 pub use policy::{load_policy, save_policy, Policy, RetentionMode};
-pub use apply::{apply, ActionOutcome, OutcomeStatus};
-pub use health::{assess, health, Check, Health, RunHistory, Status};
 pub use run::{list_runs, run_once, run_once_as, RunRecord, RunReport, RunStatus};
 
 /// Advisory lock key (transaction level) held around every partition DDL transaction, by the

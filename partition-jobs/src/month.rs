@@ -44,10 +44,7 @@ impl Month {
 
     /// The month that contains instant `t` (UTC).
     pub fn containing(t: DateTime<Utc>) -> Month {
-        Month {
-            year: t.year(),
-            month: t.month(),
-        }
+        Month { year: t.year(), month: t.month() }
     }
 
     /// The following month.
@@ -63,10 +60,7 @@ impl Month {
     /// This month moved by `n` months (negative goes back).
     pub fn add_months(self, n: i32) -> Month {
         let index = self.index() + i64::from(n);
-        Month {
-            year: index.div_euclid(12) as i32,
-            month: index.rem_euclid(12) as u32 + 1,
-        }
+        Month { year: index.div_euclid(12) as i32, month: index.rem_euclid(12) as u32 + 1 }
     }
 
     /// Months from `self` to `other` (positive when `other` is later).

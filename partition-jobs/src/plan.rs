@@ -74,15 +74,29 @@ impl Action {
     }
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::CreateMonth { month } => write!(f, "create {}", month.partition_name()),
+            Action::MoveDefaultRows { month, rows } => {
+                write!(f, "create {} moving {rows} rows from the default partition", month.partition_name())
+            }
+            Action::DetachPartition { month } => write!(f, "detach {}", month.partition_name()),
+            Action::DropPartition { month } => write!(f, "drop {}", month.partition_name()),
+            Action::AnalyzePartition { month, changed_rows } => {
+                write!(f, "analyze {} ({changed_rows} rows changed)", month.partition_name())
+            }
+            Action::AnalyzeParent => write!(f, "analyze events (parent)"),
+        }
+    }
+}
+
 /// Plans one maintenance run.
 pub fn plan(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Vec<Action> {
     let mut actions = creations(now, catalog, policy);
     actions.extend(retention(now, catalog, policy));
-    let retiring: BTreeSet<Month> = actions
-        .iter()
-        .filter(|a| matches!(a, Action::DetachPartition { .. }))
-        .filter_map(Action::month)
-        .collect();
+    let retiring: BTreeSet<Month> =
+        actions.iter().filter(|a| matches!(a, Action::DetachPartition { .. })).filter_map(Action::month).collect();
     if parent_needs_analyze(now, catalog, policy) {
         actions.push(Action::AnalyzeParent);
     } else {
@@ -97,7 +111,8 @@ pub fn plan(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Vec<Actio
 }
 
 /// Months that premake and gap filling want and no partition covers, without months a
-/// hand-made partition partly overlaps (those cannot be made; health reports them).
+/// hand-made partition partly overlaps (those cannot be made) and months whose table was detached
+/// (never re-attached or shadowed silently).
 pub fn missing_months(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Vec<Month> {
     let current = Month::containing(now);
     let mut first = current;
@@ -109,7 +124,7 @@ pub fn missing_months(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) ->
     }
     first
         .through(policy.premake_horizon(now))
-        .filter(|&m| !catalog.overlaps(m))
+        .filter(|&m| !catalog.overlaps(m) && !catalog.detached.contains(&m))
         .collect()
 }
 
@@ -126,10 +141,7 @@ fn creations(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Vec<Acti
             // A partly overlapping hand-made partition leaves nowhere to move these rows.
             if !catalog.overlaps(mr.month) {
                 moving.insert(mr.month);
-                moves.push(Action::MoveDefaultRows {
-                    month: mr.month,
-                    rows: mr.rows,
-                });
+                moves.push(Action::MoveDefaultRows { month: mr.month, rows: mr.rows });
             }
         }
     }
@@ -154,10 +166,7 @@ fn retention(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Vec<Acti
         }
     }
     if drop {
-        let expired = catalog
-            .detached
-            .iter()
-            .filter(|&&m| past_retention(now, policy, m));
+        let expired = catalog.detached.iter().filter(|&&m| past_retention(now, policy, m));
         actions.extend(expired.map(|&month| Action::DropPartition { month }));
     }
     actions
@@ -165,16 +174,11 @@ fn retention(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> Vec<Acti
 
 /// Whether retention says `month` should no longer be attached at `now`.
 pub fn past_retention(now: DateTime<Utc>, policy: &Policy, month: Month) -> bool {
-    policy
-        .oldest_retained_month(now)
-        .is_some_and(|oldest| month < oldest)
+    policy.oldest_retained_month(now).is_some_and(|oldest| month < oldest)
 }
 
 /// Managed partitions whose changed rows reached the policy's threshold, with that count.
-pub fn stale_partitions<'a>(
-    catalog: &'a Catalog,
-    policy: &'a Policy,
-) -> impl Iterator<Item = (Month, i64)> + 'a {
+pub fn stale_partitions<'a>(catalog: &'a Catalog, policy: &'a Policy) -> impl Iterator<Item = (Month, i64)> + 'a {
     catalog.partitions.iter().filter_map(move |p| {
         let changed = p.stats.mod_since_analyze;
         let due = changed > 0 && changed >= policy.analyze_threshold(p.stats.row_estimate);
@@ -187,10 +191,7 @@ pub fn stale_partitions<'a>(
 /// the parent, or the rows changed since reach the threshold for the whole table).
 pub fn parent_needs_analyze(now: DateTime<Utc>, catalog: &Catalog, policy: &Policy) -> bool {
     let parts = &catalog.partitions;
-    let rows: i64 = parts
-        .iter()
-        .map(|p| p.stats.row_estimate.unwrap_or(0).max(p.stats.live_rows))
-        .sum();
+    let rows: i64 = parts.iter().map(|p| p.stats.row_estimate.unwrap_or(0).max(p.stats.live_rows)).sum();
     let changed: i64 = parts.iter().map(|p| p.stats.mod_since_analyze).sum();
     let Some(last) = catalog.parent.last_analyzed() else {
         return rows > 0 || changed > 0;
@@ -198,9 +199,7 @@ pub fn parent_needs_analyze(now: DateTime<Utc>, catalog: &Catalog, policy: &Poli
     if now - last < policy.parent_analyze_min_interval() {
         return false;
     }
-    let analyzed_since = parts
-        .iter()
-        .any(|p| p.stats.last_analyzed().is_some_and(|t| t > last));
+    let analyzed_since = parts.iter().any(|p| p.stats.last_analyzed().is_some_and(|t| t > last));
     analyzed_since || (changed > 0 && changed >= policy.analyze_threshold(Some(rows)))
 }
 

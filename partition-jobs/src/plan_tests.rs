@@ -29,20 +29,11 @@ fn part(month: Month) -> Partition {
 
 /// A hand-made partition over `[from, to)` (months), with a name the crate does not manage.
 fn hand_made(name: &str, from: Month, to: Month) -> Partition {
-    Partition {
-        name: name.to_owned(),
-        month: None,
-        from: Some(from.start()),
-        to: Some(to.start()),
-        ..part(from)
-    }
+    Partition { name: name.to_owned(), month: None, from: Some(from.start()), to: Some(to.start()), ..part(from) }
 }
 
 fn catalog_of(months: impl IntoIterator<Item = Month>) -> Catalog {
-    Catalog {
-        partitions: months.into_iter().map(part).collect(),
-        ..Catalog::default()
-    }
+    Catalog { partitions: months.into_iter().map(part).collect(), ..Catalog::default() }
 }
 
 fn created(actions: &[Action]) -> Vec<Month> {
@@ -58,11 +49,7 @@ fn created(actions: &[Action]) -> Vec<Month> {
 #[test]
 fn empty_catalog_gets_the_current_month_and_three_ahead() {
     let actions = plan(at(2026, 11, 15, 12, 0, 0), &Catalog::default(), &Policy::default());
-    assert_eq!(
-        actions,
-        [m(2026, 11), m(2026, 12), m(2027, 1), m(2027, 2)]
-            .map(|month| Action::CreateMonth { month })
-    );
+    assert_eq!(actions, [m(2026, 11), m(2026, 12), m(2027, 1), m(2027, 2)].map(|month| Action::CreateMonth { month }));
 }
 
 #[test]
@@ -92,13 +79,8 @@ fn nothing_is_planned_when_every_month_exists_and_nothing_changed() {
 
 #[test]
 fn premake_zero_keeps_only_the_current_month() {
-    let policy = Policy {
-        premake_months: 0,
-        ..Policy::default()
-    };
-    assert_eq!(created(&plan(at(2026, 11, 3, 0, 0, 0), &Catalog::default(), &policy)), vec![
-        m(2026, 11)
-    ]);
+    let policy = Policy { premake_months: 0, ..Policy::default() };
+    assert_eq!(created(&plan(at(2026, 11, 3, 0, 0, 0), &Catalog::default(), &policy)), vec![m(2026, 11)]);
 }
 
 #[test]
@@ -107,6 +89,15 @@ fn a_dropped_future_month_and_a_past_gap_are_recreated() {
     months.retain(|&x| x != m(2026, 8) && x != m(2027, 1));
     let actions = plan(at(2026, 11, 3, 0, 0, 0), &catalog_of(months), &Policy::default());
     assert_eq!(created(&actions), vec![m(2026, 8), m(2027, 1)]);
+}
+
+#[test]
+fn a_detached_month_between_partitions_is_not_recreated() {
+    let mut catalog = catalog_of([m(2026, 5), m(2026, 7)]);
+    catalog.partitions.extend(catalog_of(m(2026, 11).through(m(2027, 2))).partitions);
+    catalog.detached = vec![m(2026, 6)];
+    let actions = plan(at(2026, 11, 3, 0, 0, 0), &catalog, &Policy::default());
+    assert_eq!(created(&actions), vec![m(2026, 8), m(2026, 9), m(2026, 10)]);
 }
 
 #[test]
@@ -142,51 +133,50 @@ fn default_partition_rows_are_moved_instead_of_creating_their_months() {
     catalog.default_partition = Some(DefaultPartition {
         name: "events_default".into(),
         rows: 12,
-        months: vec![
-            MonthRows { month: m(2025, 3), rows: 2 },
-            MonthRows { month: m(2026, 12), rows: 10 },
-        ],
+        months: vec![MonthRows { month: m(2025, 3), rows: 2 }, MonthRows { month: m(2026, 12), rows: 10 }],
         stats: TableStats::default(),
     });
     let actions = plan(at(2026, 11, 3, 0, 0, 0), &catalog, &Policy::default());
-    assert_eq!(actions, vec![
-        Action::MoveDefaultRows { month: m(2025, 3), rows: 2 },
-        Action::MoveDefaultRows { month: m(2026, 12), rows: 10 },
-        Action::CreateMonth { month: m(2027, 1) },
-        Action::CreateMonth { month: m(2027, 2) },
-    ]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::MoveDefaultRows { month: m(2025, 3), rows: 2 },
+            Action::MoveDefaultRows { month: m(2026, 12), rows: 10 },
+            Action::CreateMonth { month: m(2027, 1) },
+            Action::CreateMonth { month: m(2027, 2) },
+        ]
+    );
 }
 
 #[test]
 fn retention_detaches_months_before_the_retained_window_and_never_the_current_one() {
-    let policy = Policy {
-        retention_months: Some(3),
-        ..Policy::default()
-    };
+    let policy = Policy { retention_months: Some(3), ..Policy::default() };
     let catalog = catalog_of(m(2026, 5).through(m(2027, 2)));
     let actions = plan(at(2026, 11, 30, 23, 0, 0), &catalog, &policy);
-    assert_eq!(actions, vec![
-        Action::DetachPartition { month: m(2026, 5) },
-        Action::DetachPartition { month: m(2026, 6) },
-        Action::DetachPartition { month: m(2026, 7) },
-    ]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::DetachPartition { month: m(2026, 5) },
+            Action::DetachPartition { month: m(2026, 6) },
+            Action::DetachPartition { month: m(2026, 7) },
+        ]
+    );
 }
 
 #[test]
 fn retention_in_drop_mode_detaches_then_drops_and_drops_old_detached_tables() {
-    let policy = Policy {
-        retention_months: Some(1),
-        retention_mode: RetentionMode::Drop,
-        ..Policy::default()
-    };
+    let policy = Policy { retention_months: Some(1), retention_mode: RetentionMode::Drop, ..Policy::default() };
     let mut catalog = catalog_of(m(2026, 9).through(m(2027, 2)));
     catalog.detached = vec![m(2025, 1), m(2026, 10)];
     let actions = plan(at(2026, 11, 3, 0, 0, 0), &catalog, &policy);
-    assert_eq!(actions, vec![
-        Action::DetachPartition { month: m(2026, 9) },
-        Action::DropPartition { month: m(2025, 1) },
-        Action::DropPartition { month: m(2026, 9) },
-    ]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::DetachPartition { month: m(2026, 9) },
+            Action::DropPartition { month: m(2025, 1) },
+            Action::DropPartition { month: m(2026, 9) },
+        ]
+    );
 }
 
 #[test]
@@ -197,14 +187,8 @@ fn retention_off_keeps_every_month() {
 
 #[test]
 fn detach_mode_keeps_detached_tables_past_retention() {
-    let policy = Policy {
-        retention_months: Some(12),
-        ..Policy::default()
-    };
-    let catalog = Catalog {
-        detached: vec![m(2001, 1)],
-        ..catalog_of(m(2025, 11).through(m(2027, 2)))
-    };
+    let policy = Policy { retention_months: Some(12), ..Policy::default() };
+    let catalog = Catalog { detached: vec![m(2001, 1)], ..catalog_of(m(2025, 11).through(m(2027, 2))) };
     assert_eq!(plan(at(2026, 11, 3, 0, 0, 0), &catalog, &policy), vec![]);
 }
 
@@ -236,10 +220,10 @@ fn partitions_are_analyzed_only_past_the_change_thresholds() {
         analyzed(part(m(2027, 1)), earlier - Duration::hours(1), 0, 0),
         analyzed(part(m(2027, 2)), earlier - Duration::hours(1), 0, 0),
     ];
-    assert_eq!(plan(now, &catalog, &Policy::default()), vec![Action::AnalyzePartition {
-        month: m(2026, 11),
-        changed_rows: 5_000
-    }]);
+    assert_eq!(
+        plan(now, &catalog, &Policy::default()),
+        vec![Action::AnalyzePartition { month: m(2026, 11), changed_rows: 5_000 }]
+    );
 }
 
 #[test]
@@ -248,10 +232,10 @@ fn a_new_partition_is_analyzed_once_filled() {
     let mut catalog = catalog_of(m(2026, 11).through(m(2027, 2)));
     catalog.parent.last_analyze = Some(now - Duration::minutes(5));
     catalog.partitions[0].stats.mod_since_analyze = 2_000;
-    assert_eq!(plan(now, &catalog, &Policy::default()), vec![Action::AnalyzePartition {
-        month: m(2026, 11),
-        changed_rows: 2_000
-    }]);
+    assert_eq!(
+        plan(now, &catalog, &Policy::default()),
+        vec![Action::AnalyzePartition { month: m(2026, 11), changed_rows: 2_000 }]
+    );
 }
 
 #[test]
@@ -288,10 +272,7 @@ fn the_parent_waits_for_its_interval_and_for_a_change() {
 #[test]
 fn months_being_detached_are_not_analyzed() {
     let now = at(2026, 11, 3, 0, 0, 0);
-    let policy = Policy {
-        retention_months: Some(1),
-        ..Policy::default()
-    };
+    let policy = Policy { retention_months: Some(1), ..Policy::default() };
     let mut catalog = catalog_of(m(2026, 9).through(m(2027, 2)));
     catalog.parent.last_analyze = Some(now);
     catalog.partitions[0].stats.mod_since_analyze = 5_000;
@@ -300,11 +281,7 @@ fn months_being_detached_are_not_analyzed() {
 
 #[test]
 fn actions_serialize_with_a_kind_tag_and_camel_case_fields() {
-    let json = serde_json::to_value(Action::MoveDefaultRows {
-        month: m(2026, 3),
-        rows: 7,
-    })
-    .unwrap();
+    let json = serde_json::to_value(Action::MoveDefaultRows { month: m(2026, 3), rows: 7 }).unwrap();
     assert_eq!(json, serde_json::json!({"kind": "moveDefaultRows", "month": "2026-03", "rows": 7}));
     let json = serde_json::to_value(Action::AnalyzeParent).unwrap();
     assert_eq!(json, serde_json::json!({"kind": "analyzeParent"}));

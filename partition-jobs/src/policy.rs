@@ -95,8 +95,7 @@ impl Policy {
     /// The oldest month retention keeps at `now` (`None`: retention off). The ingestion
     /// acceptance window must not reach before its start.
     pub fn oldest_retained_month(&self, now: DateTime<Utc>) -> Option<Month> {
-        self.retention_months
-            .map(|n| Month::containing(now).add_months(-n))
+        self.retention_months.map(|n| Month::containing(now).add_months(-n))
     }
 
     /// The last month premake keeps ready at `now`.
@@ -146,10 +145,7 @@ ON CONFLICT (id) DO UPDATE SET
 /// Reads the stored policy; the defaults when the row is missing.
 #[tracing::instrument(skip_all)]
 pub async fn load_policy(client: &Client) -> Result<Policy, Error> {
-    let row = client
-        .query_opt(LOAD_SQL, &[])
-        .await
-        .map_err(Error::db("loading the partition policy"))?;
+    let row = client.query_opt(LOAD_SQL, &[]).await.map_err(Error::db("loading the partition policy"))?;
     let Some(row) = row else {
         return Ok(Policy::default());
     };
@@ -208,10 +204,7 @@ mod tests {
 
     #[test]
     fn retention_keeps_n_whole_months_before_the_current_one() {
-        let p = Policy {
-            retention_months: Some(12),
-            ..Policy::default()
-        };
+        let p = Policy { retention_months: Some(12), ..Policy::default() };
         let now = Utc.with_ymd_and_hms(2026, 1, 31, 23, 0, 0).unwrap();
         assert_eq!(p.oldest_retained_month(now), Some(Month { year: 2025, month: 1 }));
     }

@@ -72,11 +72,7 @@ impl RunReport {
 }
 
 /// [`run_once_as`] with the runner name [`DEFAULT_RUNNER`].
-pub async fn run_once(
-    client: &Client,
-    now: DateTime<Utc>,
-    lock_timeout: Duration,
-) -> Result<RunReport, Error> {
+pub async fn run_once(client: &Client, now: DateTime<Utc>, lock_timeout: Duration) -> Result<RunReport, Error> {
     run_once_as(client, now, lock_timeout, DEFAULT_RUNNER).await
 }
 
@@ -119,8 +115,7 @@ pub async fn run_once_as(
     result
 }
 
-const START_SQL: &str =
-    "INSERT INTO maintenance_runs (started_at, runner) VALUES ($1, $2) RETURNING id";
+const START_SQL: &str = "INSERT INTO maintenance_runs (started_at, runner) VALUES ($1, $2) RETURNING id";
 
 const FINISH_SQL: &str = r"
 UPDATE maintenance_runs SET finished_at = $2, status = $3, actions = $4, error = $5
@@ -133,11 +128,8 @@ async fn run_locked(
     runner: &str,
 ) -> Result<RunReport, Error> {
     let clock = Instant::now();
-    let run_id: i64 = client
-        .query_one(START_SQL, &[&now, &runner])
-        .await
-        .map_err(Error::db("recording the maintenance run"))?
-        .get(0);
+    let run_id: i64 =
+        client.query_one(START_SQL, &[&now, &runner]).await.map_err(Error::db("recording the maintenance run"))?.get(0);
     let mut report = RunReport {
         run_id: Some(run_id),
         status: RunStatus::Ok,
@@ -153,11 +145,8 @@ async fn run_locked(
             let actions = plan(now, &catalog, &policy);
             report.outcomes = apply(client, &actions, lock_timeout).await;
             report.policy = Some(policy);
-            report.error = report
-                .outcomes
-                .iter()
-                .find(|o| o.status == OutcomeStatus::Failed)
-                .and_then(|o| o.detail.clone());
+            report.error =
+                report.outcomes.iter().find(|o| o.status == OutcomeStatus::Failed).and_then(|o| o.detail.clone());
         }
         Err(e) => report.error = Some(error_chain(&e)),
     }
@@ -169,10 +158,7 @@ async fn run_locked(
     let status = if report.status == RunStatus::Ok { "ok" } else { "failed" };
     let actions = serde_json::to_value(&report.outcomes).map_err(Error::Json)?;
     client
-        .execute(
-            FINISH_SQL,
-            &[&run_id, &report.finished_at, &status, &actions, &report.error],
-        )
+        .execute(FINISH_SQL, &[&run_id, &report.finished_at, &status, &actions, &report.error])
         .await
         .map_err(Error::db("recording the maintenance run"))?;
     tracing::info!(run_id, status, actions = report.outcomes.len(), "maintenance run finished");
@@ -211,22 +197,15 @@ LIMIT $1";
 
 /// The latest `limit` runs, newest first.
 pub async fn list_runs(client: &Client, limit: i64) -> Result<Vec<RunRecord>, Error> {
-    let rows = client
-        .query(LIST_SQL, &[&limit])
-        .await
-        .map_err(Error::db("listing maintenance runs"))?;
+    let rows = client.query(LIST_SQL, &[&limit]).await.map_err(Error::db("listing maintenance runs"))?;
     Ok(rows.iter().map(record).collect())
 }
 
-const LAST_OK_SQL: &str =
-    "SELECT max(finished_at) FROM maintenance_runs WHERE status = 'ok'";
+const LAST_OK_SQL: &str = "SELECT max(finished_at) FROM maintenance_runs WHERE status = 'ok'";
 
 /// When the latest successful run finished.
 pub async fn last_success(client: &Client) -> Result<Option<DateTime<Utc>>, Error> {
-    let row = client
-        .query_one(LAST_OK_SQL, &[])
-        .await
-        .map_err(Error::db("reading the last successful run"))?;
+    let row = client.query_one(LAST_OK_SQL, &[]).await.map_err(Error::db("reading the last successful run"))?;
     Ok(row.get(0))
 }
 

@@ -161,6 +161,10 @@ fn event_context(
         metadata_max_bytes: s.cfg.metadata_max_bytes,
         future_skew: chrono::Duration::from_std(s.cfg.future_skew).unwrap_or(chrono::Duration::MAX),
         accept_window: s.accept_window,
+        retention_floor: s
+            .cfg
+            .retention_months
+            .map(|n| partition_jobs::Month::containing(received_at).add_months(-(n as i32)).start()),
     }
 }
 

@@ -14,6 +14,8 @@ use crate::db::Secrets;
 use crate::ingest::ua::UaParser;
 use crate::ingest::writer::IngestQueue;
 
+pub mod admin;
+pub mod analytics;
 pub mod body;
 pub mod error;
 pub mod health;
@@ -43,6 +45,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ingest::router())
         .merge(health::router())
+        .merge(admin::router())
+        .merge(analytics::router())
         .fallback(error::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost but for the timeout, so preflights and error answers carry CORS headers too.

@@ -79,6 +79,9 @@ pub struct EventContext {
     pub future_skew: Duration,
     /// Oldest acceptable event time: `received_at - accept window`.
     pub accept_window: Duration,
+    /// Start of the oldest month retention keeps, when retention is on: an event is never
+    /// acknowledged into a month that retention removes.
+    pub retention_floor: Option<DateTime<Utc>>,
 }
 
 const EVENT_TYPE_MAX_CHARS: usize = 128;
@@ -151,6 +154,12 @@ fn event_time(
                 t.to_rfc3339(),
                 ctx.future_skew.num_hours()
             ),
+        ));
+    }
+    if let Some(floor) = ctx.retention_floor.filter(|f| t < *f) {
+        return Err(EventError::new(
+            "timestamp_too_old",
+            format!("event time {} is before {}, the oldest month retention keeps", t.to_rfc3339(), floor.to_rfc3339()),
         ));
     }
     if t < ctx.received_at - ctx.accept_window {

@@ -12,6 +12,7 @@ fn ctx() -> EventContext {
         metadata_max_bytes: 64,
         future_skew: Duration::hours(24),
         accept_window: Duration::days(730),
+        retention_floor: None,
     }
 }
 
@@ -58,4 +59,14 @@ fn nulls_are_absent_and_server_assigns_v7_ids() {
     let row = parse_event(&v, &ctx(), &UaParser::new()).unwrap();
     assert_eq!((row.user_id, row.metadata), (None, None));
     assert_eq!(row.event_id.get_version_num(), 7);
+}
+
+#[test]
+fn events_in_months_retention_removes_are_refused() {
+    let mut c = ctx();
+    c.retention_floor = Some("2026-03-01T00:00:00Z".parse().unwrap());
+    let old = json!({"eventType": "a", "timestamp": "2026-02-28T23:59:59Z"});
+    assert_eq!(parse_event(&old, &c, &UaParser::new()).unwrap_err().code, "timestamp_too_old");
+    let kept = json!({"eventType": "a", "timestamp": "2026-03-01T00:00:00Z"});
+    assert!(parse_event(&kept, &c, &UaParser::new()).is_ok());
 }

@@ -1,7 +1,9 @@
 //! Integration tests: the real server on port 0, real PostgreSQL, one database per test.
 
+mod analytics;
 mod helpers;
 mod ingest;
 mod lifecycle;
+mod partitions;
 mod requests;
 mod rollups;

@@ -10,9 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use partition_jobs::{
-    health, load_policy, plan, read_catalog, run_once_as, OutcomeStatus, RunStatus, Status,
-};
+use partition_jobs::{health, load_policy, plan, read_catalog, run_once_as, OutcomeStatus, RunStatus, Status};
 use tokio_postgres::NoTls;
 
 /// Partition maintenance for Strata's `events` table.
@@ -55,9 +53,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (client, connection) = tokio_postgres::connect(&cli.database_url, NoTls)
-        .await
-        .context("connecting to the database")?;
+    let (client, connection) =
+        tokio_postgres::connect(&cli.database_url, NoTls).await.context("connecting to the database")?;
     let conn = tokio::spawn(connection);
     let now = Utc::now();
     let code = match cli.command {
@@ -70,7 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if actions.is_empty() {
                 println!("nothing to do");
             } else {
-                actions.iter().for_each(|a| println!("{a:?}"));
+                actions.iter().for_each(|a| println!("{a}"));
             }
             ExitCode::SUCCESS
         }
@@ -117,7 +114,7 @@ fn print_report(report: &partition_jobs::RunReport) {
     }
     for o in &report.outcomes {
         let detail = o.detail.as_deref().unwrap_or("");
-        println!("  {:?} {:?} ({} ms) {detail}", o.action, o.status, o.elapsed_ms);
+        println!("  {} {:?} ({} ms) {detail}", o.action, o.status, o.elapsed_ms);
         if o.status == OutcomeStatus::Done && o.moved_rows > 0 {
             println!("    moved {} rows; rebuild rollups for {} hours", o.moved_rows, o.affected_hours.len());
         }

@@ -1,0 +1,152 @@
+//! DBA endpoints under `/api/admin/` (bearer admin token): partitions with bounds, sizes and
+//! statistics; a health verdict with reasons; maintenance history and run-now; index usage; slow
+//! queries from pg_stat_statements when the extension is installed.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use deadpool_postgres::Object;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::bearer::{bearer_token, token_matches};
+
+/// The admin routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/partitions", get(partitions))
+        .route("/api/admin/partitions/health", get(partition_health))
+        .route("/api/admin/maintenance/runs", get(runs))
+        .route("/api/admin/maintenance/run", post(run_now))
+        .route("/api/admin/indexes", get(indexes))
+        .route("/api/admin/slow-queries", get(slow_queries))
+}
+
+/// 401 unless the request carries the admin token.
+pub fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match bearer_token(header) {
+        None => Err(ApiError::unauthorized("unauthorized", "an admin bearer token is required")),
+        Some(t) if token_matches(t, &s.secrets.admin_token) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("unauthorized", "invalid token")),
+    }
+}
+
+async fn admin_client(s: &AppState, headers: &HeaderMap) -> Result<Object, ApiError> {
+    require_admin(s, headers)?;
+    s.pool.get().await.map_err(|e| {
+        tracing::warn!(error = %e, "no database connection");
+        ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
+    })
+}
+
+fn ok(data: impl serde::Serialize) -> Json<Value> {
+    Json(json!({"success": true, "data": data}))
+}
+
+fn job_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e)
+}
+
+#[tracing::instrument(skip_all)]
+async fn partitions(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let client = admin_client(&s, &headers).await?;
+    let catalog = partition_jobs::read_catalog(&client).await.map_err(job_error)?;
+    Ok(ok(catalog))
+}
+
+#[tracing::instrument(skip_all)]
+async fn partition_health(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let client = admin_client(&s, &headers).await?;
+    let policy = partition_jobs::load_policy(&client).await.map_err(job_error)?;
+    let health = partition_jobs::health(&client, Utc::now(), &policy).await.map_err(job_error)?;
+    Ok(Json(json!({"success": true, "data": health})))
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    limit: Option<i64>,
+}
+
+#[tracing::instrument(skip_all)]
+async fn runs(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_parameter", "limit must be between 1 and 1000")
+            .with_details(json!({"parameter": "limit"})));
+    }
+    let client = admin_client(&s, &headers).await?;
+    Ok(ok(partition_jobs::list_runs(&client, limit).await.map_err(job_error)?))
+}
+
+#[tracing::instrument(skip_all)]
+async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let report = crate::jobs::run_maintenance(&s.pool, s.cfg.partition_lock_timeout).await.map_err(job_error)?;
+    Ok(ok(report))
+}
+
+const INDEXES: &str = "SELECT s.relname::text, s.indexrelname::text, s.idx_scan, s.idx_tup_read, s.idx_tup_fetch, \
+       pg_relation_size(s.indexrelid) \
+     FROM pg_stat_user_indexes s ORDER BY s.relname, s.indexrelname";
+
+#[tracing::instrument(skip_all)]
+async fn indexes(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let client = admin_client(&s, &headers).await?;
+    let rows = client.query(INDEXES, &[]).await.map_err(job_error)?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"table": r.get::<_, String>(0), "index": r.get::<_, String>(1), "scans": r.get::<_, i64>(2),
+                   "tuplesRead": r.get::<_, i64>(3), "tuplesFetched": r.get::<_, i64>(4), "sizeBytes": r.get::<_, i64>(5)})
+        })
+        .collect();
+    Ok(ok(list))
+}
+
+const HAS_STATEMENTS: &str = "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'";
+const SLOW: &str = "SELECT query, calls, total_exec_time, mean_exec_time, rows FROM pg_stat_statements \
+     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     ORDER BY mean_exec_time DESC LIMIT $1";
+
+#[tracing::instrument(skip_all)]
+async fn slow_queries(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let client = admin_client(&s, &headers).await?;
+    let installed: i64 = client.query_one(HAS_STATEMENTS, &[]).await.map_err(job_error)?.get(0);
+    if installed == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "extension_unavailable",
+            "pg_stat_statements is not installed: add it to shared_preload_libraries, restart PostgreSQL, \
+             then run CREATE EXTENSION pg_stat_statements in this database",
+        ));
+    }
+    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    let rows = client.query(SLOW, &[&limit]).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "extension_unavailable",
+            format!("pg_stat_statements cannot be read: {e}"),
+        )
+    })?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"query": r.get::<_, String>(0), "calls": r.get::<_, i64>(1), "totalMs": r.get::<_, f64>(2),
+                   "meanMs": r.get::<_, f64>(3), "rows": r.get::<_, i64>(4)})
+        })
+        .collect();
+    Ok(ok(list))
+}

@@ -1,0 +1,238 @@
+//! Analytics routes (bearer token): `GET /api/analytics/events/timeline`, `/events/summary`,
+//! `/users/{userId}` and `/apps/{appId}/overview`. Each handler authenticates, parses the parameters
+//! ([`crate::query::params`]), authorises the app, calls one [`crate::query`] function and maps its
+//! answer to `{"success": true, "data", "meta": {"source", "cache", "generatedAt"}}`.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::bearer::{bearer_token, token_matches};
+use crate::query::apps::{find_app, live_app_ids, AppInfo};
+use crate::query::buckets::label;
+use crate::query::params::{parse_user_id, Filter, ParamError, Params, RangeDefault, TimelineRequest};
+use crate::query::plan::Span;
+use crate::query::store::Reader;
+use crate::query::summary::Breakdown;
+use crate::query::{overview, summary, timeline, users, QueryError, Source};
+
+/// The analytics routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/analytics/events/timeline", get(timeline))
+        .route("/api/analytics/events/summary", get(summary))
+        .route("/api/analytics/users/{user_id}", get(user))
+        .route("/api/analytics/apps/{app_id}/overview", get(overview))
+}
+
+type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+type Answer = Result<Json<Value>, ApiError>;
+
+#[tracing::instrument(skip_all)]
+async fn timeline(State(s): State<AppState>, headers: HeaderMap, query: QueryPairs) -> Answer {
+    let caller = authenticate(&s, &headers)?;
+    let p = params(query)?;
+    let app_id = p.required("appId", "app_id")?;
+    let req = TimelineRequest::parse(&p, Utc::now())?;
+    let app = authorize_app(&s, &caller, app_id).await?;
+    let t = timeline::timeline(&reader(&s), app.id, &req).await?;
+    let tz = req.filter.tz;
+    let data: Vec<Value> = t
+        .buckets
+        .iter()
+        .map(|b| {
+            let at = label(b.start, tz);
+            json!({"timeBucket": at, "eventCount": b.events, "uniqueUsers": b.users,
+               "time_bucket": at, "event_count": b.events, "unique_users": b.users})
+        })
+        .collect();
+    let meta =
+        json!({"range": range_json(req.filter.range, tz), "tz": tz.name(), "interval": req.granularity.as_str()});
+    Ok(answer(json!(data), t.source, meta, true))
+}
+
+#[tracing::instrument(skip_all)]
+async fn summary(State(s): State<AppState>, headers: HeaderMap, query: QueryPairs) -> Answer {
+    let caller = authenticate(&s, &headers)?;
+    let p = params(query)?;
+    let app_id = p.required("appId", "app_id")?;
+    let filter = Filter::parse(&p, Utc::now(), RangeDefault::LastDays)?;
+    let app = authorize_app(&s, &caller, app_id).await?;
+    let sum = summary::summary(&reader(&s), app.id, &filter).await?;
+    let data: Vec<Value> = sum
+        .types
+        .iter()
+        .map(|t| {
+            let [device, browser, os] = &t.breakdowns;
+            json!({"eventType": t.event_type, "totalEvents": t.total_events, "uniqueUsers": t.unique_users,
+               "uniqueSessions": t.unique_sessions, "deviceBreakdown": breakdown_json(device),
+               "browserBreakdown": breakdown_json(browser), "osBreakdown": breakdown_json(os)})
+        })
+        .collect();
+    let meta = json!({"range": range_json(filter.range, filter.tz), "tz": filter.tz.name()});
+    Ok(answer(json!(data), sum.source, meta, false))
+}
+
+#[tracing::instrument(skip_all)]
+async fn user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+) -> Answer {
+    let caller = authenticate(&s, &headers)?;
+    let Path(user_id) = path.map_err(|e| invalid(ParamError { parameter: "userId", message: e.body_text() }))?;
+    let user_id = parse_user_id(&user_id)?;
+    let p = params(query)?;
+    let apps = match p.get("appId", "app_id")? {
+        Some(app_id) => vec![authorize_app(&s, &caller, app_id).await?.id],
+        None => readable_apps(&s, &caller).await?,
+    };
+    let u = users::user_activity(&reader(&s), &apps, user_id).await?;
+    let [device, browser, os] = &u.primary;
+    let recent: Vec<Value> = u
+        .recent
+        .iter()
+        .map(|e| {
+            json!({
+                "eventId": e.event_id, "appId": e.app_id, "eventType": e.event_type, "url": e.url,
+                "createdAt": instant(e.created_at), "device": e.device, "browser": e.browser, "os": e.os,
+            })
+        })
+        .collect();
+    let data = json!({
+        "userId": user_id,
+        "summary": {"totalEvents": u.total_events, "uniqueEventTypes": u.unique_event_types,
+                    "totalSessions": u.total_sessions, "firstSeen": u.first_seen.map(instant),
+                    "lastSeen": u.last_seen.map(instant), "primaryDevice": device, "primaryBrowser": browser,
+                    "primaryOs": os},
+        "recentEvents": recent,
+    });
+    Ok(answer(data, u.source, json!({}), false))
+}
+
+#[tracing::instrument(skip_all)]
+async fn overview(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+) -> Answer {
+    let caller = authenticate(&s, &headers)?;
+    let p = params(query)?;
+    let filter = Filter::parse(&p, Utc::now(), RangeDefault::AllTime)?;
+    let app_id = path.map(|Path(id)| id).unwrap_or_default();
+    let app = authorize_app(&s, &caller, &app_id).await?;
+    let o = overview::overview(&reader(&s), app.id, &filter).await?;
+    let top: Vec<Value> =
+        o.top_events.iter().map(|(t, n)| json!({"eventType": t, "event_type": t, "count": n})).collect();
+    let data = json!({
+        "app": {"id": app.id, "name": app.name, "createdAt": instant(app.created_at),
+                "created_at": instant(app.created_at)},
+        "stats": {"totalEvents": o.total_events, "totalUsers": o.total_users, "totalSessions": o.total_sessions,
+                  "uniqueEventTypes": o.unique_event_types, "total_events": o.total_events,
+                  "total_users": o.total_users, "total_sessions": o.total_sessions,
+                  "unique_event_types": o.unique_event_types},
+        "topEvents": top,
+    });
+    let meta = json!({"range": range_json(filter.range, filter.tz), "tz": filter.tz.name()});
+    Ok(answer(data, o.source, meta, true))
+}
+
+/// Who is asking. Owner tokens (accounts issue) will add a variant carrying the owner's id; then
+/// [`authorize_app`] and [`readable_apps`] are the only places that decide what it may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin token: every app.
+    Admin,
+}
+
+/// The caller named by `Authorization: Bearer <token>`, or 401.
+pub fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match bearer_token(header) {
+        None => Err(ApiError::unauthorized("unauthorized", "an Authorization: Bearer token is required")),
+        Some(t) if token_matches(t, &s.secrets.admin_token) => Ok(Caller::Admin),
+        Some(_) => Err(ApiError::unauthorized("unauthorized", "the bearer token is not valid")),
+    }
+}
+
+/// The live app `app_id` if `caller` may read it; 404 `app_not_found` otherwise (also for ids that are
+/// not UUIDs), so callers cannot tell others' apps from missing ones.
+pub async fn authorize_app(s: &AppState, caller: &Caller, app_id: &str) -> Result<AppInfo, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "app_not_found", "no such app");
+    let id = Uuid::parse_str(app_id).map_err(|_| not_found())?;
+    let app = find_app(&s.pool, id).await?.ok_or_else(not_found)?;
+    match caller {
+        Caller::Admin => Ok(app),
+    }
+}
+
+/// Every app `caller` may read.
+pub async fn readable_apps(s: &AppState, caller: &Caller) -> Result<Vec<Uuid>, ApiError> {
+    match caller {
+        Caller::Admin => Ok(live_app_ids(&s.pool).await?),
+    }
+}
+
+fn reader(s: &AppState) -> Reader {
+    Reader::new(s.pool.clone(), s.cfg.request_timeout)
+}
+
+fn params(query: QueryPairs) -> Result<Params, ApiError> {
+    let Query(pairs) = query.map_err(|e| invalid(ParamError { parameter: "query", message: e.body_text() }))?;
+    Ok(Params::new(pairs))
+}
+
+fn invalid(e: ParamError) -> ApiError {
+    ApiError::bad_request("invalid_parameter", e.message).with_details(json!({"parameter": e.parameter}))
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> ApiError {
+        invalid(e)
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "analytics query failed");
+            ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
+        } else {
+            ApiError::internal(e)
+        }
+    }
+}
+
+fn answer(data: Value, source: Source, mut meta: Value, with_cached: bool) -> Json<Value> {
+    meta["source"] = json!(source.as_str());
+    meta["cache"] = json!("miss");
+    meta["generatedAt"] = json!(instant(Utc::now()));
+    let mut body = json!({"success": true, "data": data, "meta": meta});
+    if with_cached {
+        // The original's flag, kept for existing dashboards.
+        body["cached"] = json!(false);
+    }
+    Json(body)
+}
+
+fn range_json(range: Span, tz: Tz) -> Value {
+    json!({"start": label(range.start, tz), "end": label(range.end, tz)})
+}
+
+fn breakdown_json(b: &Breakdown) -> Value {
+    json!(b.iter().map(|(v, n)| json!({"value": v, "count": n})).collect::<Vec<_>>())
+}
+
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}

@@ -1,0 +1,93 @@
+//! The maintenance scheduler: runs partition maintenance (`partition_jobs::run_once`) at start and
+//! every `STRATA_MAINTENANCE_INTERVAL`. Only the holder of the runner advisory lock acts, so several
+//! instances on one database are normal. Rows a run moved out of a DEFAULT partition get their
+//! rollups rebuilt here (the partition-jobs crate does not know the rollup tables), then their months
+//! are marked complete again.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use partition_jobs::{Policy, RetentionMode, RunReport};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Runner name recorded in `maintenance_runs`.
+pub const RUNNER: &str = "strata-server";
+/// Pause after a failed run before the next try.
+const ERROR_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Failures of one scheduler step.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// No connection.
+    #[error("no database connection: {0}")]
+    Pool(String),
+    /// Maintenance could not run or be recorded.
+    #[error(transparent)]
+    Partition(#[from] partition_jobs::Error),
+    /// The rollup rebuild after moving default-partition rows failed.
+    #[error("rebuilding rollups of moved rows failed: {0}")]
+    Rebuild(#[from] tokio_postgres::Error),
+}
+
+/// The policy the configuration asks for, keeping the stored analyze thresholds.
+pub fn policy_from_config(cfg: &Config, stored: Policy) -> Policy {
+    Policy {
+        premake_months: cfg.premake_months as i32,
+        retention_months: cfg.retention_months.map(|m| m as i32),
+        retention_mode: if cfg.retention_drop { RetentionMode::Drop } else { RetentionMode::Detach },
+        ..stored
+    }
+}
+
+/// Writes the configured policy into `partition_policy`, so the CLI applies the same one.
+pub async fn publish_policy(pool: &Pool, cfg: &Config) -> Result<Policy, JobError> {
+    let client = pool.get().await.map_err(|e| JobError::Pool(e.to_string()))?;
+    let stored = partition_jobs::load_policy(&client).await?;
+    let policy = policy_from_config(cfg, stored.clone());
+    if policy != stored {
+        partition_jobs::save_policy(&client, &policy).await?;
+        tracing::info!(?policy, "partition policy updated from configuration");
+    }
+    Ok(policy)
+}
+
+/// One maintenance run plus the rollup rebuild of any rows it moved.
+#[tracing::instrument(skip_all)]
+pub async fn run_maintenance(pool: &Pool, lock_timeout: Duration) -> Result<RunReport, JobError> {
+    let mut client = pool.get().await.map_err(|e| JobError::Pool(e.to_string()))?;
+    let report = partition_jobs::run_once_as(&client, Utc::now(), lock_timeout, RUNNER).await?;
+    let hours = report.affected_hours();
+    if !hours.is_empty() {
+        for hour in &hours {
+            crate::rollups::rebuild(&mut client, None, *hour, *hour + chrono::Duration::hours(1)).await?;
+        }
+        for month in report.affected_months() {
+            crate::rollups::mark_month_complete(&client, month).await?;
+        }
+        tracing::info!(hours = hours.len(), "rebuilt rollups of rows moved out of the default partition");
+    }
+    Ok(report)
+}
+
+/// Runs maintenance now and every `interval` until `stop`.
+pub async fn maintenance_loop(pool: Pool, interval: Duration, lock_timeout: Duration, stop: CancellationToken) {
+    loop {
+        let next = match run_maintenance(&pool, lock_timeout).await {
+            Ok(report) => {
+                tracing::info!(status = ?report.status, actions = report.outcomes.len(), "maintenance run");
+                interval
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance run failed");
+                ERROR_BACKOFF.min(interval)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Analytics request parameters, validated once at the boundary into a [`Filter`] (half-open UTC
+//! range, time zone, optional event type) and, for timelines, a [`TimelineRequest`] with its bucket
+//! starts. Every failure is a [`ParamError`] naming the parameter.
+//!
+//! Dates: `YYYY-MM-DD` is read in `tz` (`startDate` from that day's first instant, `endDate` through
+//! that whole day); an RFC 3339 instant is used as is (`endDate` exclusive). Names follow the
+//! original API in camelCase; the snake_case spellings of its docs are accepted too.
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono_tz::Tz;
+
+use super::buckets::{bucket_starts, local_start, Granularity};
+use super::plan::Span;
+
+/// Most buckets one timeline may have.
+pub const MAX_BUCKETS: usize = 10_000;
+/// Range used when neither `startDate` nor `endDate` is given (timeline, summary).
+pub const DEFAULT_RANGE_DAYS: i64 = 30;
+/// Longest event type (as ingestion accepts).
+pub const EVENT_TYPE_MAX_CHARS: usize = 128;
+/// Longest user id (as ingestion accepts).
+pub const USER_ID_MAX_CHARS: usize = 256;
+/// Instants a range may span: beyond them nothing can be stored, and chrono and PostgreSQL agree.
+const EARLIEST_SECS: i64 = 0; // 1970-01-01T00:00:00Z
+const LATEST_SECS: i64 = 32_503_680_000; // 3000-01-01T00:00:00Z
+
+/// A parameter that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParamError {
+    /// The parameter's (camelCase) name.
+    pub parameter: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ParamError {
+    fn new(parameter: &'static str, message: impl Into<String>) -> ParamError {
+        ParamError { parameter, message: message.into() }
+    }
+}
+
+/// The query string's pairs.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+impl Params {
+    /// From decoded pairs, in order.
+    pub fn new(pairs: Vec<(String, String)>) -> Params {
+        Params { pairs }
+    }
+
+    /// The value of `name` (or its other spelling `alias`). Empty values count as absent (the original
+    /// ignored them); a parameter given twice is an error.
+    pub fn get(&self, name: &'static str, alias: &'static str) -> Result<Option<&str>, ParamError> {
+        let mut found = None;
+        for (k, v) in &self.pairs {
+            if (k == name || k == alias) && !v.is_empty() {
+                if found.is_some() {
+                    return Err(ParamError::new(name, format!("{name} is given more than once")));
+                }
+                found = Some(v.as_str());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Like [`Params::get`], absent being an error.
+    pub fn required(&self, name: &'static str, alias: &'static str) -> Result<&str, ParamError> {
+        self.get(name, alias)?.ok_or_else(|| ParamError::new(name, format!("{name} is required")))
+    }
+}
+
+/// What a missing `startDate`/`endDate` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeDefault {
+    /// The last [`DEFAULT_RANGE_DAYS`] days up to now.
+    LastDays,
+    /// Everything (the app overview, which the original answered all-time).
+    AllTime,
+}
+
+/// The filters shared by the analytics endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    /// Half-open range of event times.
+    pub range: Span,
+    /// Zone of date parameters and buckets.
+    pub tz: Tz,
+    /// Only this event type, if given.
+    pub event_type: Option<String>,
+}
+
+impl Filter {
+    /// Reads `tz`, `eventType`, `startDate` and `endDate`.
+    pub fn parse(p: &Params, now: DateTime<Utc>, default: RangeDefault) -> Result<Filter, ParamError> {
+        let tz = parse_tz(p.get("tz", "timezone")?)?;
+        let event_type = p.get("eventType", "event_type")?.map(str::to_owned);
+        if event_type.as_ref().is_some_and(|t| t.chars().count() > EVENT_TYPE_MAX_CHARS) {
+            return Err(ParamError::new(
+                "eventType",
+                format!("eventType is longer than {EVENT_TYPE_MAX_CHARS} characters"),
+            ));
+        }
+        let start = p.get("startDate", "start_date")?.map(|v| parse_bound("startDate", v, tz, false)).transpose()?;
+        let end = p.get("endDate", "end_date")?.map(|v| parse_bound("endDate", v, tz, true)).transpose()?;
+        let (earliest, latest) = (instant(EARLIEST_SECS), instant(LATEST_SECS));
+        let range = match (default, start, end) {
+            (_, Some(s), Some(e)) => Span { start: s, end: e },
+            (RangeDefault::LastDays, s, e) => {
+                let end = e.unwrap_or(now);
+                Span { start: s.unwrap_or(end - TimeDelta::days(DEFAULT_RANGE_DAYS)).max(earliest), end }
+            }
+            (RangeDefault::AllTime, s, e) => Span { start: s.unwrap_or(earliest), end: e.unwrap_or(latest) },
+        };
+        if range.start > range.end {
+            return Err(ParamError::new("startDate", "startDate is after endDate"));
+        }
+        Ok(Filter { range, tz, event_type })
+    }
+}
+
+fn instant(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).expect("constant in range")
+}
+
+/// An IANA zone name (exact spelling, e.g. `Europe/Berlin`); absent means UTC.
+pub fn parse_tz(v: Option<&str>) -> Result<Tz, ParamError> {
+    match v {
+        None => Ok(Tz::UTC),
+        Some(name) => name
+            .parse::<Tz>()
+            .map_err(|_| ParamError::new("tz", "tz must be an IANA time zone name such as Europe/Berlin")),
+    }
+}
+
+/// A date (read in `tz`; an end date includes its whole day) or an RFC 3339 instant.
+fn parse_bound(name: &'static str, v: &str, tz: Tz, is_end: bool) -> Result<DateTime<Utc>, ParamError> {
+    let invalid = || ParamError::new(name, format!("{name} must be a date (YYYY-MM-DD) or an RFC 3339 instant"));
+    let t = if v.len() == 10 {
+        let day = NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| invalid())?;
+        let day = if is_end { day.succ_opt().ok_or_else(invalid)? } else { day };
+        local_start(tz, day.and_hms_opt(0, 0, 0).expect("midnight"))
+    } else {
+        DateTime::parse_from_rfc3339(v).map_err(|_| invalid())?.with_timezone(&Utc)
+    };
+    if t < instant(EARLIEST_SECS) || t > instant(LATEST_SECS) {
+        return Err(ParamError::new(name, format!("{name} must lie between 1970 and 3000")));
+    }
+    Ok(t)
+}
+
+/// A timeline request: filters, bucket width and the bucket starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineRequest {
+    /// Filters.
+    pub filter: Filter,
+    /// Bucket width (`interval`, or `granularity` as the original's docs spelled it; default day).
+    pub granularity: Granularity,
+    /// Bucket starts, in order (see [`bucket_starts`]).
+    pub buckets: Vec<DateTime<Utc>>,
+}
+
+impl TimelineRequest {
+    /// Reads the filters and `interval`, and lays out the buckets (at most [`MAX_BUCKETS`]).
+    pub fn parse(p: &Params, now: DateTime<Utc>) -> Result<TimelineRequest, ParamError> {
+        let filter = Filter::parse(p, now, RangeDefault::LastDays)?;
+        let granularity = match p.get("interval", "granularity")? {
+            None => Granularity::Day,
+            Some(v) => Granularity::parse(v)
+                .ok_or_else(|| ParamError::new("interval", "interval must be hour, day, week or month"))?,
+        };
+        let buckets = bucket_starts(filter.range, filter.tz, granularity, MAX_BUCKETS).map_err(|e| {
+            ParamError::new("interval", format!("the range holds more than {} {} buckets", e.cap, granularity.as_str()))
+        })?;
+        Ok(TimelineRequest { filter, granularity, buckets })
+    }
+}
+
+/// A user id from the path: at most [`USER_ID_MAX_CHARS`], as ingestion stores them.
+pub fn parse_user_id(v: &str) -> Result<&str, ParamError> {
+    if v.is_empty() || v.chars().count() > USER_ID_MAX_CHARS {
+        return Err(ParamError::new("userId", format!("userId must have 1 to {USER_ID_MAX_CHARS} characters")));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(q: &[(&str, &str)]) -> Params {
+        Params::new(q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-26T08:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn an_end_date_includes_its_whole_day_in_the_zone() {
+        let p = params(&[("startDate", "2026-11-01"), ("endDate", "2026-11-01"), ("tz", "Asia/Kolkata")]);
+        let f = Filter::parse(&p, now(), RangeDefault::LastDays).unwrap();
+        assert_eq!(f.range.start, "2026-10-31T18:30:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(f.range.end, "2026-11-01T18:30:00Z".parse::<DateTime<Utc>>().unwrap());
+    }
+
+    #[test]
+    fn missing_dates_mean_the_last_30_days_or_all_time() {
+        let f = Filter::parse(&params(&[]), now(), RangeDefault::LastDays).unwrap();
+        assert_eq!((f.range.start, f.range.end), (now() - TimeDelta::days(30), now()));
+        let f = Filter::parse(&params(&[]), now(), RangeDefault::AllTime).unwrap();
+        assert_eq!((f.range.start, f.range.end), (instant(EARLIEST_SECS), instant(LATEST_SECS)));
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let cases: [(&[(&str, &str)], &str); 7] = [
+            (&[("tz", "Mars/Olympus")], "tz"),
+            (&[("interval", "fortnight")], "interval"),
+            (&[("startDate", "2026-11-02"), ("endDate", "2026-11-01T00:00:00Z")], "startDate"),
+            (&[("startDate", "yesterday")], "startDate"),
+            (&[("endDate", "2026-13-01")], "endDate"),
+            (&[("startDate", "2016-01-01"), ("endDate", "2026-01-01"), ("interval", "hour")], "interval"),
+            (&[("eventType", "a"), ("event_type", "b")], "eventType"),
+        ];
+        for (q, name) in cases {
+            assert_eq!(TimelineRequest::parse(&params(q), now()).unwrap_err().parameter, name, "{q:?}");
+        }
+        assert_eq!(params(&[("appId", "")]).required("appId", "app_id").unwrap_err().parameter, "appId");
+    }
+}
