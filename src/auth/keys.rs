@@ -90,8 +90,11 @@ pub struct KeyAuth {
     pool: Pool,
     secret: Arc<Vec<u8>>,
     cache: moka::future::Cache<Vec<u8>, Option<KeyInfo>>,
-    usage: Arc<Mutex<HashMap<Uuid, (i64, DateTime<Utc>)>>>,
+    usage: Arc<Mutex<UsageCounts>>,
 }
+
+/// Per key: uses since the last flush and the latest use.
+type UsageCounts = HashMap<Uuid, (i64, DateTime<Utc>)>;
 
 const LOOKUP: &str =
     "SELECT k.id, k.app_id, k.status = 'revoked' OR a.deleted_at IS NOT NULL, k.expires_at, k.key_hash \
