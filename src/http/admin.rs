@@ -90,7 +90,11 @@ async fn runs(
 #[tracing::instrument(skip_all)]
 async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let report = crate::jobs::run_maintenance(&s.pool, s.cfg.partition_lock_timeout).await.map_err(job_error)?;
+    // Spawned, not awaited in place: a client hanging up must not cancel a run half-way on a pooled
+    // connection (it would keep the runner's session lock).
+    let (pool, timeout) = (s.pool.clone(), s.cfg.partition_lock_timeout);
+    let run = tokio::spawn(async move { crate::jobs::run_maintenance(&pool, timeout).await });
+    let report = run.await.map_err(job_error)?.map_err(job_error)?;
     Ok(ok(report))
 }
 
