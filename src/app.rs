@@ -43,6 +43,7 @@ pub struct Application {
 impl Application {
     /// Connects, migrates and binds `cfg.listen` (port 0 picks a free port).
     pub async fn build(cfg: Config) -> anyhow::Result<Application> {
+        crate::metrics::handle();
         let url = database_url(&cfg).await?;
         db::migrate(&url, cfg.premake_months, cfg.partition_lock_timeout).await.context("migrating the database")?;
         let pool = db::pool(&url, &cfg)?;

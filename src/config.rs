@@ -87,6 +87,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `STRATA_REQUEST_TIMEOUT` (default `30s`): longest a request may take end to end.
     pub request_timeout: Duration,
+    /// `STRATA_METRICS_TOKEN`: when set, `/metrics` needs this bearer token (or the admin token).
+    pub metrics_token: Option<String>,
+    /// `STRATA_SLOW_REQUEST` (default `1s`): requests slower than this are logged with their timing.
+    pub slow_request: Duration,
     /// `STRATA_LOG_FORMAT` (`text` or `json`, default `text`).
     pub log_json: bool,
 }
@@ -124,6 +128,8 @@ impl Default for Config {
             partition_lock_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
+            metrics_token: None,
+            slow_request: Duration::from_secs(1),
             log_json: false,
         }
     }
@@ -199,6 +205,8 @@ impl Config {
         c.partition_lock_timeout = dur("STRATA_PARTITION_LOCK_TIMEOUT", c.partition_lock_timeout)?;
         c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
+        c.metrics_token = get("STRATA_METRICS_TOKEN");
+        c.slow_request = dur("STRATA_SLOW_REQUEST", c.slow_request)?;
         if let Some(v) = get("STRATA_LOG_FORMAT") {
             c.log_json = match v.as_str() {
                 "json" => true,

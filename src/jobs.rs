@@ -8,13 +8,17 @@ use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_postgres::Pool;
-use partition_jobs::{Policy, RetentionMode, RunReport};
+use partition_jobs::{Policy, RetentionMode, RunReport, RunStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
 /// Runner name recorded in `maintenance_runs`.
 pub const RUNNER: &str = "strata-server";
+/// Months ahead counted at most for the coverage gauge.
+const MONTHS_AHEAD_LIMIT: i32 = 120;
+/// Pause before asking again for a runner lock another process holds.
+const SKIPPED_RETRY: Duration = Duration::from_millis(200);
 /// Pause after a failed run before the next try.
 const ERROR_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -59,6 +63,15 @@ pub async fn publish_policy(pool: &Pool, cfg: &Config) -> Result<Policy, JobErro
 pub async fn run_maintenance(pool: &Pool, lock_timeout: Duration) -> Result<RunReport, JobError> {
     let mut client = pool.get().await.map_err(|e| JobError::Pool(e.to_string()))?;
     let report = partition_jobs::run_once_as(&client, Utc::now(), lock_timeout, RUNNER).await?;
+    let result = match report.status {
+        RunStatus::Ok => "ok",
+        RunStatus::Failed => "failed",
+        RunStatus::Skipped => "skipped",
+    };
+    crate::metrics::maintenance(result, Utc::now().timestamp() as f64);
+    let catalog = partition_jobs::read_catalog(&client).await?;
+    let ahead = partition_jobs::health::months_ahead(Utc::now(), &catalog, MONTHS_AHEAD_LIMIT);
+    crate::metrics::partitions(ahead, catalog.default_rows());
     let hours = report.affected_hours();
     if !hours.is_empty() {
         for hour in &hours {
@@ -70,6 +83,22 @@ pub async fn run_maintenance(pool: &Pool, lock_timeout: Duration) -> Result<RunR
         tracing::info!(hours = hours.len(), "rebuilt rollups of rows moved out of the default partition");
     }
     Ok(report)
+}
+
+/// [`run_maintenance`], retried while another runner holds the lock, for at most `wait`.
+pub async fn run_maintenance_waiting(
+    pool: &Pool,
+    lock_timeout: Duration,
+    wait: Duration,
+) -> Result<RunReport, JobError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let report = run_maintenance(pool, lock_timeout).await?;
+        if report.status != RunStatus::Skipped || tokio::time::Instant::now() >= deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(SKIPPED_RETRY).await;
+    }
 }
 
 /// Runs maintenance now and every `interval` until `stop`.

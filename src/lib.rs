@@ -11,6 +11,7 @@
 //! - [`http`]: axum routers per area, the shared state and the JSON error type.
 //! - [`jobs`]: the maintenance scheduler (partition-jobs under the runner lock, rollup repair).
 //! - [`query`]: analytics query planning (rollups for whole slots, raw rows for edges) and execution.
+//! - [`metrics`]: Prometheus recorder, metric names, request middleware, scrape-time gauges.
 //! - [`rollups`]: rebuilding rollups from raw rows (CLI and scheduler).
 //! - [`app`]: building, running and draining the server.
 
@@ -23,5 +24,6 @@ pub mod embedded;
 pub mod http;
 pub mod ingest;
 pub mod jobs;
+pub mod metrics;
 pub mod query;
 pub mod rollups;

@@ -93,10 +93,13 @@ async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<V
     // Spawned, not awaited in place: a client hanging up must not cancel a run half-way on a pooled
     // connection (it would keep the runner's session lock).
     let (pool, timeout) = (s.pool.clone(), s.cfg.partition_lock_timeout);
-    let run = tokio::spawn(async move { crate::jobs::run_maintenance(&pool, timeout).await });
+    let run = tokio::spawn(async move { crate::jobs::run_maintenance_waiting(&pool, timeout, RUN_NOW_WAIT).await });
     let report = run.await.map_err(job_error)?.map_err(job_error)?;
     Ok(ok(report))
 }
+
+/// How long "run now" waits for a run in progress elsewhere (the scheduler) to release the runner lock.
+const RUN_NOW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const INDEXES: &str = "SELECT s.relname::text, s.indexrelname::text, s.idx_scan, s.idx_tup_read, s.idx_tup_fetch, \
        pg_relation_size(s.indexrelid) \

@@ -29,8 +29,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/analytics/events/timeline", get(timeline))
         .route("/api/analytics/events/summary", get(summary))
-        .route("/api/analytics/users/{user_id}", get(user))
-        .route("/api/analytics/apps/{app_id}/overview", get(overview))
+        .route("/api/analytics/users/{userId}", get(user))
+        .route("/api/analytics/apps/{appId}/overview", get(overview))
 }
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;

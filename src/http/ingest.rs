@@ -36,9 +36,13 @@ async fn track(
     let received_at = Utc::now();
     let (key, value) = authenticated_body(&s, &headers, body, received_at).await?;
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
-    let row = parse_event(&value, &ctx, &s.ua).map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let row = parse_event(&value, &ctx, &s.ua).map_err(|e| {
+        crate::metrics::ingest_events(0, 1, 0);
+        ApiError::bad_request(e.code, e.message)
+    })?;
     let event_id = row.event_id;
     let ack = commit(&s, vec![row]).await?;
+    crate::metrics::ingest_events(ack.stored, 0, ack.duplicates);
     let data = json!({"eventId": event_id, "duplicate": ack.duplicates > 0});
     Ok((StatusCode::CREATED, Json(json!({"success": true, "message": "Event tracked successfully", "data": data}))))
 }
@@ -60,11 +64,13 @@ async fn track_batch(
     let ctx = event_context(&s, &headers, peer, &key, received_at, sent_at);
     let (rows, errors) = parse_all(&s, events, &ctx);
     if rows.is_empty() {
+        crate::metrics::ingest_events(0, errors.len(), 0);
         return Err(ApiError::bad_request("no_valid_events", "no event in the batch is valid")
             .with_details(json!({ "errors": errors })));
     }
     let ids: Vec<_> = rows.iter().map(|r| r.event_id).collect();
     let ack = commit(&s, rows).await?;
+    crate::metrics::ingest_events(ack.stored, errors.len(), ack.duplicates);
     let (status, message) = if errors.is_empty() {
         (StatusCode::CREATED, format!("{} events tracked successfully", ids.len()))
     } else {

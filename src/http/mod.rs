@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
+use axum::http::HeaderName;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::Router;
 use deadpool_postgres::Pool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::auth::keys::KeyAuth;
 use crate::config::Config;
@@ -20,6 +23,7 @@ pub mod body;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod metrics;
 
 /// Cheap handles shared by every handler.
 #[derive(Clone)]
@@ -42,17 +46,32 @@ pub struct AppState {
 
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
+    let slow = state.cfg.slow_request;
     Router::new()
         .merge(ingest::router())
         .merge(health::router())
         .merge(admin::router())
         .merge(analytics::router())
+        .merge(metrics::router())
         .fallback(error::fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        // Outermost but for the timeout, so preflights and error answers carry CORS headers too.
+        .layer(axum::middleware::from_fn(move |req, next| crate::metrics::track_requests(slow, req, next)))
+        // Outside the routes, so preflights and error answers carry CORS headers too.
         .layer(cors(&state.cfg.cors_origins))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.cfg.request_timeout))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .with_state(state)
+}
+
+/// Header carrying the request id (taken from the client when sent, generated otherwise).
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every log line of a request carries its id, method and path.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
 }
 
 async fn method_not_allowed() -> error::ApiError {
@@ -73,7 +92,8 @@ fn cors(origins: &[String]) -> CorsLayer {
             axum::http::header::CONTENT_TYPE,
             axum::http::header::CONTENT_ENCODING,
             axum::http::header::AUTHORIZATION,
-            axum::http::HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-request-id"),
         ])
         .max_age(std::time::Duration::from_secs(86_400))
 }

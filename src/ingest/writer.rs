@@ -30,6 +30,16 @@ pub enum FlushError {
     Rejected(String),
 }
 
+impl FlushError {
+    /// Metric label of the error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FlushError::Unavailable(_) => "unavailable",
+            FlushError::Rejected(_) => "rejected",
+        }
+    }
+}
+
 /// What a committed job contained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlushAck {
@@ -147,10 +157,14 @@ impl Writer {
     /// Commits `jobs` together; on a content error retries them one by one.
     async fn flush(&self, jobs: Vec<Job>) {
         let rows: Vec<&EventRow> = jobs.iter().flat_map(|j| j.rows.iter()).collect();
-        match self.store_with_retries(&rows).await {
+        let started = std::time::Instant::now();
+        let result = self.store_with_retries(&rows).await;
+        crate::metrics::flush(rows.len(), started.elapsed());
+        match result {
             Ok(fresh) => reply_all(jobs, &fresh),
             Err(e) if e.is_unavailable() || jobs.len() == 1 => {
                 let err = e.into_flush_error();
+                crate::metrics::flush_error(err.kind());
                 tracing::warn!(error = %err, events = rows.len(), "flush failed");
                 for job in jobs {
                     let _ = job.reply.send(Err(err.clone()));
@@ -164,7 +178,9 @@ impl Writer {
                     match result {
                         Ok(fresh) => reply_all(vec![job], &fresh),
                         Err(e) => {
-                            let _ = job.reply.send(Err(e.into_flush_error()));
+                            let err = e.into_flush_error();
+                            crate::metrics::flush_error(err.kind());
+                            let _ = job.reply.send(Err(err));
                         }
                     }
                 }

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::params::Filter;
 use super::plan::{plan, QUARTER_HOUR};
-use super::store::{complete_months, event_counts, rows, Reader};
+use super::store::{complete_months, event_counts, rows, Grouping, Reader};
 use super::{QueryError, Source};
 
 /// How many event types the overview lists.
@@ -42,7 +42,7 @@ pub async fn overview(reader: &Reader, app: Uuid, filter: &Filter) -> Result<Ove
     let bounds = [range.start];
     let counted = async {
         let plan = plan(range, &complete_months(&tx, range).await?, &[], QUARTER_HOUR);
-        let counts = event_counts(&tx, app, None, &plan, &bounds).await?;
+        let counts = event_counts(&tx, app, None, &plan, &bounds, Grouping::BucketAndType).await?;
         Ok::<_, QueryError>((plan, counts))
     };
     let distinct = async { rows(&tx, TOTAL_DISTINCT, &[&app, &range.start, &range.end]).await };

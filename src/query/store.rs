@@ -62,52 +62,93 @@ pub async fn complete_months(tx: &Transaction<'_>, range: Span) -> Result<Vec<Na
 }
 
 // Every count query takes: $1 app, $2 span start, $3 span end, $4 event type or NULL, $5 bucket starts
-// (width_bucket gives 1-based bucket numbers; a single start puts every row in bucket 1).
+// (width_bucket gives 1-based bucket numbers; a single start puts every row in bucket 1). `$key` is the
+// second grouping column: `event_type`, or a constant when only buckets matter (grouping by text sorts
+// with the collation, which costs more than the rest of a timeline's rollup read).
+macro_rules! count_sql {
+    ($key:literal) => {
+        CountSql {
+            // Spans whose every boundary is a whole UTC hour read the hour totals.
+            rollup_hours: concat!(
+                "SELECT width_bucket(hour, $5::timestamptz[]), ",
+                $key,
+                ", sum(events)::int8 \
+                 FROM rollup_hourly \
+                 WHERE app_id = $1 AND hour >= $2::timestamptz AND hour < $3::timestamptz \
+                   AND ($4::text IS NULL OR event_type = $4::text) \
+                 GROUP BY 1, 2"
+            ),
+            // Other spans read quarter-hours (zones at +5:30 / +5:45, ranges starting at :15, :30, :45).
+            rollup_quarters: concat!(
+                "SELECT width_bucket(r.hour + s.off, $5::timestamptz[]), ",
+                $key,
+                ", \
+                   sum(CASE s.q WHEN 0 THEN r.q0 WHEN 1 THEN r.q1 WHEN 2 THEN r.q2 ELSE r.q3 END)::int8 \
+                 FROM rollup_hourly AS r \
+                 CROSS JOIN (VALUES (0, INTERVAL '0 minutes'), (1, INTERVAL '15 minutes'), \
+                   (2, INTERVAL '30 minutes'), (3, INTERVAL '45 minutes')) AS s (q, off) \
+                 WHERE r.app_id = $1 AND r.hour >= date_trunc('hour', $2::timestamptz, 'UTC') \
+                   AND r.hour < $3::timestamptz AND ($4::text IS NULL OR r.event_type = $4::text) \
+                   AND r.hour + s.off >= $2::timestamptz AND r.hour + s.off < $3::timestamptz \
+                 GROUP BY 1, 2"
+            ),
+            raw: concat!(
+                "SELECT width_bucket(created_at, $5::timestamptz[]), ",
+                $key,
+                ", count(*) \
+                 FROM events \
+                 WHERE app_id = $1 AND created_at >= $2::timestamptz AND created_at < $3::timestamptz \
+                   AND ($4::text IS NULL OR event_type = $4::text) \
+                 GROUP BY 1, 2"
+            ),
+        }
+    };
+}
 
-/// Spans whose every boundary is a whole UTC hour read the hour totals.
-const ROLLUP_HOURS: &str = "SELECT width_bucket(hour, $5::timestamptz[]), event_type, sum(events)::int8 \
-     FROM rollup_hourly \
-     WHERE app_id = $1 AND hour >= $2::timestamptz AND hour < $3::timestamptz \
-       AND ($4::text IS NULL OR event_type = $4::text) \
-     GROUP BY 1, 2";
+/// One grouping's statements.
+struct CountSql {
+    rollup_hours: &'static str,
+    rollup_quarters: &'static str,
+    raw: &'static str,
+}
 
-/// Other spans read quarter-hours (zones at +5:30, +5:45, or ranges starting at :15, :30, :45).
-const ROLLUP_QUARTERS: &str = "SELECT width_bucket(r.hour + s.off, $5::timestamptz[]), r.event_type, \
-       sum(CASE s.q WHEN 0 THEN r.q0 WHEN 1 THEN r.q1 WHEN 2 THEN r.q2 ELSE r.q3 END)::int8 \
-     FROM rollup_hourly AS r \
-     CROSS JOIN (VALUES (0, INTERVAL '0 minutes'), (1, INTERVAL '15 minutes'), (2, INTERVAL '30 minutes'), \
-       (3, INTERVAL '45 minutes')) AS s (q, off) \
-     WHERE r.app_id = $1 AND r.hour >= date_trunc('hour', $2::timestamptz, 'UTC') AND r.hour < $3::timestamptz \
-       AND ($4::text IS NULL OR r.event_type = $4::text) \
-       AND r.hour + s.off >= $2::timestamptz AND r.hour + s.off < $3::timestamptz \
-     GROUP BY 1, 2";
+const BY_BUCKET_AND_TYPE: CountSql = count_sql!("event_type");
+const BY_BUCKET: CountSql = count_sql!("''::text");
 
-const RAW_COUNTS: &str = "SELECT width_bucket(created_at, $5::timestamptz[]), event_type, count(*) \
-     FROM events \
-     WHERE app_id = $1 AND created_at >= $2::timestamptz AND created_at < $3::timestamptz \
-       AND ($4::text IS NULL OR event_type = $4::text) \
-     GROUP BY 1, 2";
+/// How [`event_counts`] groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Per bucket and event type.
+    BucketAndType,
+    /// Per bucket only (the event type of every key is "").
+    Bucket,
+}
 
 /// Event counts keyed by (0-based bucket index, event type); absent keys are zero.
 pub type Counts = HashMap<(usize, String), i64>;
 
-/// Counts the events of `app` (of `event_type` if given) per bucket of `bounds` and event type,
-/// following `plan`. `bounds` must start at or before the plan's first instant.
+/// Counts the events of `app` (of `event_type` if given) per bucket of `bounds` (and event type, per
+/// `grouping`), following `plan`. `bounds` must start at or before the plan's first instant.
 pub async fn event_counts(
     tx: &Transaction<'_>,
     app: Uuid,
     event_type: Option<&str>,
     plan: &Plan,
     bounds: &[DateTime<Utc>],
+    grouping: Grouping,
 ) -> Result<Counts, QueryError> {
+    let sql = match grouping {
+        Grouping::BucketAndType => &BY_BUCKET_AND_TYPE,
+        Grouping::Bucket => &BY_BUCKET,
+    };
     let rollups = plan.rollup.iter().map(|s| {
-        let sql = if hour_aligned(s, bounds) { ROLLUP_HOURS } else { ROLLUP_QUARTERS };
-        async move { rows(tx, sql, &[&app, &s.start, &s.end, &event_type, &bounds]).await }
+        let text = if hour_aligned(s, bounds) { sql.rollup_hours } else { sql.rollup_quarters };
+        async move { rows(tx, text, &[&app, &s.start, &s.end, &event_type, &bounds]).await }
     });
     let raws = plan
         .raw
         .iter()
-        .map(|s| async move { rows(tx, RAW_COUNTS, &[&app, &s.start, &s.end, &event_type, &bounds]).await });
+        .map(|s| async move { rows(tx, sql.raw, &[&app, &s.start, &s.end, &event_type, &bounds]).await });
     let (rollups, raws) = tokio::try_join!(try_join_all(rollups), try_join_all(raws))?;
     let mut counts = Counts::new();
     for row in rollups.iter().chain(&raws).flatten() {

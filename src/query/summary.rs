@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::params::Filter;
 use super::plan::{plan, HOUR};
-use super::store::{breakdowns, complete_months, event_counts, rows, Reader};
+use super::store::{breakdowns, complete_months, event_counts, rows, Grouping, Reader};
 use super::{QueryError, Source};
 
 /// Counts by value, most frequent first, ties by value ascending; `None` is unknown.
@@ -53,8 +53,10 @@ pub async fn summary(reader: &Reader, app: Uuid, filter: &Filter) -> Result<Summ
     let bounds = [range.start];
     let counted = async {
         let plan = plan(range, &complete_months(&tx, range).await?, &[], HOUR);
-        let (counts, dims) =
-            tokio::try_join!(event_counts(&tx, app, ty, &plan, &bounds), breakdowns(&tx, app, ty, &plan))?;
+        let (counts, dims) = tokio::try_join!(
+            event_counts(&tx, app, ty, &plan, &bounds, Grouping::BucketAndType),
+            breakdowns(&tx, app, ty, &plan)
+        )?;
         Ok::<_, QueryError>((plan, counts, dims))
     };
     let distinct = async { rows(&tx, TYPE_DISTINCT, &[&app, &range.start, &range.end, &ty]).await };

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::params::TimelineRequest;
 use super::plan::{plan, QUARTER_HOUR};
-use super::store::{complete_months, event_counts, rows, Reader};
+use super::store::{complete_months, event_counts, rows, Grouping, Reader};
 use super::{QueryError, Source};
 
 /// One bucket.
@@ -44,7 +44,7 @@ pub async fn timeline(reader: &Reader, app: Uuid, req: &TimelineRequest) -> Resu
     let (range, bounds, ty) = (req.filter.range, req.buckets.as_slice(), req.filter.event_type.as_deref());
     let counted = async {
         let plan = plan(range, &complete_months(&tx, range).await?, bounds, QUARTER_HOUR);
-        let counts = event_counts(&tx, app, ty, &plan, bounds).await?;
+        let counts = event_counts(&tx, app, ty, &plan, bounds, Grouping::Bucket).await?;
         Ok::<_, QueryError>((plan, counts))
     };
     let users = async { rows(&tx, BUCKET_USERS, &[&app, &range.start, &range.end, &ty, &bounds]).await };

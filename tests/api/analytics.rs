@@ -23,7 +23,7 @@ const AGENTS: [&str; 4] = [
 ];
 const UNITS: [&str; 4] = ["hour", "day", "week", "month"];
 
-/// xorshift64*: reproducible without a crate; the seed is printed on failure via the assertion context.
+/// xorshift64*: reproducible without a crate.
 struct Rng(u64);
 
 impl Rng {
@@ -96,7 +96,8 @@ fn random_events(rng: &mut Rng, n: usize, users: u64, now: DateTime<Utc>) -> Vec
             let user = (!rng.chance(20)).then(|| format!("u{}", rng.below(users)));
             let session = (!rng.chance(20)).then(|| format!("s{}", rng.below(users * 2)));
             let ua = (!rng.chance(15)).then(|| *rng.pick(&AGENTS));
-            event(*rng.pick(&TYPES), at, user, session, ua)
+            let ty = *rng.pick(&TYPES[..]);
+            event(ty, at, user, session, ua)
         })
         .collect()
 }
@@ -123,8 +124,8 @@ async fn random_range(
         }
     };
     let ((s, s_date), (e, e_date)) = (form(start), form(end));
-    let sql = "SELECT CASE WHEN $3 THEN $1::date::timestamp AT TIME ZONE $5 ELSE $1::timestamptz END, \
-                      CASE WHEN $4 THEN ($2::date + 1)::timestamp AT TIME ZONE $5 ELSE $2::timestamptz END";
+    let sql = "SELECT CASE WHEN $3 THEN $1::text::date::timestamp AT TIME ZONE $5 ELSE $1::text::timestamptz END, \
+                      CASE WHEN $4 THEN ($2::text::date + 1)::timestamp AT TIME ZONE $5 ELSE $2::text::timestamptz END";
     let r = db.query_one(sql, &[&s, &e, &s_date, &e_date, &tz]).await.unwrap();
     (s, e, r.get(0), r.get(1))
 }
@@ -134,7 +135,12 @@ async fn every_endpoint_equals_a_raw_scan_on_random_events_ranges_and_zones() {
     let app = spawn_app().await;
     let other = strata::accounts::create_app(&app.db, "other app", None).await.unwrap();
     let other_key = strata::accounts::create_key(&app.db, KEY_SECRET.as_bytes(), other.id, "k", None).await.unwrap();
-    let seed = 0x5eed_u64 ^ (Utc::now().timestamp() as u64);
+    // A new seed each run (printed, shown when the test fails); ANALYTICS_SEED replays one.
+    let seed = std::env::var("ANALYTICS_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| Utc::now().timestamp_micros() as u64);
+    eprintln!("seed {seed:#x}");
     let mut rng = Rng(seed | 1);
     let now = Utc::now();
     post_events(&app, &app.api_key, &random_events(&mut rng, 2500, 40, now)).await;
@@ -155,10 +161,16 @@ async fn every_endpoint_equals_a_raw_scan_on_random_events_ranges_and_zones() {
         let mut query = vec![("appId", app.app_id.to_string()), ("startDate", s), ("endDate", e), ("tz", tz.into())];
         query.extend(event_type.map(|t| ("eventType", t.to_string())));
         let q = Question { app: app.app_id, start, end, tz, event_type };
+        eprintln!("round {round}: {query:?} {interval_name}={unit}");
 
         let mut tl_query = query.clone();
         tl_query.push((interval_name, unit.into()));
         let tl = get(&app, "/api/analytics/events/timeline", &tl_query).await;
+        if start > end {
+            // A quarter-hour end may fall before an unaligned start.
+            assert_eq!((tl.status, &tl.body["error"]["details"]["parameter"]), (400, &json!("startDate")), "{ctx}");
+            continue;
+        }
         assert_eq!(tl.status, 200, "{ctx}: {}", tl.body);
         assert_eq!((tl.body["cached"].clone(), tl.body["meta"]["cache"].clone()), (json!(false), json!("miss")));
         let zone: Tz = tz.parse().unwrap();

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::io::BufRead;
+
 use serde_json::Value;
 use strata::app::Application;
 use strata::config::Config;
@@ -131,6 +133,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         application.run_until_stopped(stopped.cancelled_owned()).await.expect("server runs");
     });
     let db = connect(&db_name).await;
+    wait_for_first_maintenance_run(&db).await;
     let app = strata::accounts::create_app(&db, "test app", None).await.unwrap();
     let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "test key", None).await.unwrap();
     TestApp {
@@ -144,6 +147,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         stop,
         _server: server,
     }
+}
+
+/// The scheduler runs maintenance at start; tests begin once it finished, so they never race it.
+async fn wait_for_first_maintenance_run(db: &tokio_postgres::Client) {
+    const SQL: &str = "SELECT count(*) FROM maintenance_runs WHERE finished_at IS NOT NULL";
+    for _ in 0..400 {
+        if db.query_one(SQL, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the startup maintenance run did not finish within 10 s");
 }
 
 fn init_logs() {
@@ -217,4 +232,32 @@ impl Drop for TestApp {
         .join()
         .ok();
     }
+}
+
+/// Starts the real `strata serve` binary against `db_name`; returns the child and its address.
+pub fn start_binary(db_name: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let cfg = test_config(db_name);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("serve")
+        .env("DATABASE_URL", cfg.database_url.unwrap())
+        .env("STRATA_LISTEN", "127.0.0.1:0")
+        .env("STRATA_KEY_SECRET", KEY_SECRET)
+        .env("STRATA_LOG_FORMAT", "json")
+        .env("STRATA_WRITERS", "1")
+        .envs(extra_env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the strata binary starts");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        if let Some(a) = v["fields"]["addr"].as_str() {
+            break a.to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
 }

@@ -1,12 +1,11 @@
 //! Back-pressure, poisoned flushes and shutdown: a 2xx always means committed.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{connect, create_test_database, spawn_app_with, test_config, KEY_SECRET};
+use crate::helpers::{connect, create_test_database, spawn_app_with, start_binary, KEY_SECRET};
 
 /// Waits until some backend of `db` waits on a lock (the writer blocked behind the test's lock).
 async fn wait_for_lock_waiters(db: &tokio_postgres::Client, n: i64) {
@@ -104,40 +103,13 @@ async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
     assert_eq!(app.rollup_count().await, 11);
 }
 
-/// Starts the real binary against `db_name`; returns the child and its address.
-fn start_binary(db_name: &str) -> (std::process::Child, String) {
-    let cfg = test_config(db_name);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("serve")
-        .env("DATABASE_URL", cfg.database_url.unwrap())
-        .env("STRATA_LISTEN", "127.0.0.1:0")
-        .env("STRATA_KEY_SECRET", KEY_SECRET)
-        .env("STRATA_LOG_FORMAT", "json")
-        .env("STRATA_WRITERS", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the strata binary starts");
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-        if let Some(a) = v["fields"]["addr"].as_str() {
-            break a.to_string();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test]
 async fn sigterm_drains_every_accepted_event_before_exit() {
     let db_name = create_test_database().await;
     let db = connect(&db_name).await;
     let app = strata::accounts::create_app(&db, "shutdown", None).await.unwrap();
     let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "k", None).await.unwrap();
-    let (mut child, addr) = start_binary(&db_name);
+    let (mut child, addr) = start_binary(&db_name, &[]);
 
     let mut blocker = connect(&db_name).await;
     let tx = blocker.transaction().await.unwrap();

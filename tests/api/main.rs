@@ -4,6 +4,7 @@ mod analytics;
 mod helpers;
 mod ingest;
 mod lifecycle;
+mod metrics;
 mod partitions;
 mod requests;
 mod rollups;

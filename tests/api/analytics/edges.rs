@@ -165,7 +165,8 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
     let id = app.app_id.to_string();
     let tl = "/api/analytics/events/timeline";
     let long_type = "x".repeat(200);
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (tl.into(), vec![], "appId"),
         (tl.into(), vec![("appId", &id), ("tz", "Mars/Base")], "tz"),
         (tl.into(), vec![("appId", &id), ("interval", "fortnight")], "interval"),

@@ -80,7 +80,7 @@ pub async fn expect_timeline(db: &tokio_postgres::Client, q: &Question<'_>, unit
 pub async fn expect_summary(db: &tokio_postgres::Client, q: &Question<'_>, data: &Value) {
     let sql = format!(
         "SELECT event_type, count(*), count(DISTINCT user_id), count(DISTINCT session_id) FROM events \
-         WHERE {FILTER} GROUP BY 1 ORDER BY 2 DESC, 1 COLLATE \"C\""
+         WHERE {FILTER} GROUP BY 1 ORDER BY 2 DESC, event_type COLLATE \"C\""
     );
     let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&q.app, &q.start, &q.end, &q.event_type];
     let types = db.query(&sql, &args).await.unwrap();
@@ -118,7 +118,7 @@ pub async fn expect_overview(db: &tokio_postgres::Client, q: &Question<'_>, data
         "unique_event_types": types});
     assert_eq!(data["stats"], stats, "overview stats equal the raw scan");
     let sql = "SELECT event_type, count(*) FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 \
-               GROUP BY 1 ORDER BY 2 DESC, 1 COLLATE \"C\" LIMIT 10";
+               GROUP BY 1 ORDER BY 2 DESC, event_type COLLATE \"C\" LIMIT 10";
     let top: Vec<Value> = db
         .query(sql, &[&q.app, &q.start, &q.end])
         .await
@@ -141,7 +141,7 @@ pub async fn expect_user(db: &tokio_postgres::Client, app: Option<Uuid>, user: &
     for dim in ["device", "browser", "os"] {
         let sql = format!(
             "SELECT {dim} FROM events WHERE {scope} AND {dim} IS NOT NULL \
-             GROUP BY 1 ORDER BY count(*) DESC, 1 COLLATE \"C\" LIMIT 1"
+             GROUP BY 1 ORDER BY count(*) DESC, {dim} COLLATE \"C\" LIMIT 1"
         );
         primary.push(db.query_opt(&sql, &[&app, &user]).await.unwrap().map(|r| r.get::<_, String>(0)));
     }

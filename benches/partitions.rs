@@ -1,0 +1,602 @@
+//! Partition-maintenance benchmark: `cargo bench --bench partitions` (issue 3, "Benchmark").
+//!
+//! One run, against a scratch database created on the local PostgreSQL and dropped at the end:
+//!
+//! 1. **no-op run**: `partition_jobs::run_once` when a first run already did everything (median/min).
+//! 2. **one month**: `partition_jobs::ensure_month` for a future month whose partition was just
+//!    dropped: `CREATE TABLE ... (LIKE events)` + `ATTACH PARTITION`, which builds the parent's indexes.
+//! 3. **ingestion with and without maintenance**: the real `strata serve` subprocess, batches of 100
+//!    events on 8 connections, first alone, then while a loop keeps maintenance busy with real work
+//!    (each iteration: `DROP TABLE` of a future month, `run_once` recreating it, `ANALYZE events`).
+//!    Afterwards `count(*) FROM events` must equal the events acknowledged with 201.
+//! 4. **draining a DEFAULT partition**: with the server stopped, `events_default` is attached, filled
+//!    with 100,000 rows of a month that has no partition, and `run_once` moves them into their month.
+//!
+//! Times are printed, never asserted; the process fails only when the database does not hold what
+//! was acknowledged or moved. The load generator, the server and PostgreSQL share the machine.
+//!
+//! Settings (environment): `STRATA_BENCH_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, trust auth), `STRATA_BENCH_SECONDS` (measured
+//! seconds per ingestion phase, default 8), `STRATA_BENCH_WARMUP_SECONDS` (default 1).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+use partition_jobs::{Month, OutcomeStatus, RunReport, RunStatus};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const KEY_SECRET: &str = "bench-secret";
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+const NOOP_RUNS: usize = 9;
+const CREATE_RUNS: usize = 10;
+const BATCH_EVENTS: usize = 100;
+const CONNECTIONS: usize = 8;
+const DEFAULT_ROWS: i64 = 100_000;
+/// Issue 3's only numeric target.
+const TARGET_RATIO: f64 = 0.9;
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nbenchmark failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench() -> Result<()> {
+    let admin_url = std::env::var("STRATA_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
+    let seconds = Duration::from_secs_f64(env_number("STRATA_BENCH_SECONDS", 8.0)?);
+    let warmup = Duration::from_secs_f64(env_number("STRATA_BENCH_WARMUP_SECONDS", 1.0)?);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("=== Strata partition-maintenance benchmark ===");
+    println!("machine: {cores} cores shared by this load generator, the strata server and PostgreSQL.");
+    println!("ingestion phases: {:.1} s measured after {:.1} s warm-up", seconds.as_secs_f64(), warmup.as_secs_f64());
+    let name = format!("strata_bench_{}", Uuid::new_v4().simple());
+    let admin = strata::db::connect(&admin_url).await.with_context(|| format!("connecting to {admin_url}"))?;
+    admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.context("creating the scratch database")?;
+    println!("scratch database: {name}\n");
+    let url = with_database(&admin_url, &name)?;
+    let outcome = tokio::spawn(run(url, seconds, warmup)).await;
+    match admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await {
+        Ok(()) => println!("\nscratch database {name} dropped"),
+        Err(e) => eprintln!("warning: could not drop scratch database {name}: {e}"),
+    }
+    let summary = outcome.map_err(|e| anyhow!("benchmark task failed: {e}"))??;
+    summary.print();
+    if !summary.consistent() {
+        bail!("the database does not hold what was acknowledged or moved (see above)");
+    }
+    Ok(())
+}
+
+async fn run(url: String, seconds: Duration, warmup: Duration) -> Result<Summary> {
+    strata::db::migrate(&url, 3, Duration::from_secs(5)).await.context("migrating the scratch database")?;
+    let db = strata::db::connect(&url).await?;
+
+    // (1) A maintenance run with nothing to do.
+    let first = timed_run(&db).await?;
+    println!("(1) first run_once: {} ms, {}", ms(first.1), describe(&first.0));
+    let mut noop = Vec::new();
+    for _ in 0..NOOP_RUNS {
+        let (report, took) = timed_run(&db).await?;
+        if report.status != RunStatus::Ok || !report.outcomes.is_empty() {
+            println!("    unexpected: a no-op run did {}", describe(&report));
+        }
+        noop.push(took);
+    }
+    let noop = Stats::of(noop);
+    println!("(1) run_once with nothing to do, {NOOP_RUNS} runs: {}\n", noop.line());
+
+    // (2) One month with the parent's indexes.
+    let month = Month::containing(Utc::now()).add_months(3);
+    let mut create = Vec::new();
+    for _ in 0..CREATE_RUNS {
+        db.batch_execute(&format!("DROP TABLE {}", month.partition_name())).await?;
+        let started = Instant::now();
+        let created = partition_jobs::ensure_month(&db, month, LOCK_TIMEOUT).await?;
+        create.push(started.elapsed());
+        if !created {
+            bail!("ensure_month({month}) did not create the dropped partition");
+        }
+    }
+    let create = Stats::of(create);
+    let indexes: i64 =
+        db.query_one("SELECT count(*) FROM pg_indexes WHERE tablename = $1", &[&month.partition_name()]).await?.get(0);
+    println!(
+        "(2) ensure_month({}) after DROP TABLE, {CREATE_RUNS} runs ({indexes} indexes built): {}\n",
+        month.partition_name(),
+        create.line()
+    );
+
+    // (3) Ingestion over HTTP without, then with, concurrent maintenance.
+    let app = strata::accounts::create_app(&db, "bench", None).await?;
+    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "bench", None).await?;
+    let mut server = Server::start(&url).await?;
+    println!("server pid {} listening on {}", server.child.id(), server.addr);
+    let target = format!("http://{}/api/events/track/batch", server.addr);
+    let _ = db.batch_execute("CHECKPOINT").await;
+    let alone = load(&target, &key.api_key, seconds, warmup).await?;
+    println!("(3) ingestion alone:             {}", alone.line());
+    let _ = db.batch_execute("CHECKPOINT").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = tokio::spawn(maintenance_loop(url.clone(), month, stop.clone()));
+    let busy = load(&target, &key.api_key, seconds, warmup).await;
+    stop.store(true, Ordering::Relaxed);
+    let churn = churn.await.context("maintenance task")??;
+    let busy = busy?;
+    println!("(3) ingestion with maintenance:  {}", busy.line());
+    println!("    maintenance loop: {}", churn.line());
+    let ratio = busy.events_per_s / alone.events_per_s;
+    println!("(3) ratio with/without maintenance: {ratio:.3} (target >= {TARGET_RATIO})");
+    server.stop().await?;
+    println!("    server stopped; {} WARN/ERROR/non-JSON log lines{}", server.notable(), server.samples());
+    let acked = alone.acked + busy.acked;
+    let stored: i64 = db.query_one("SELECT count(*) FROM events", &[]).await?.get(0);
+    println!("    events acknowledged (201): {acked}, count(*) FROM events: {stored}\n");
+
+    // (4) Draining a DEFAULT partition.
+    let settle = timed_run(&db).await?;
+    println!("(4) settling run_once before the test: {} ms, {}", ms(settle.1), describe(&settle.0));
+    let old = Month::containing(Utc::now()).add_months(-8);
+    db.batch_execute("CREATE TABLE events_default PARTITION OF events DEFAULT").await?;
+    let started = Instant::now();
+    let inserted = db.execute(FILL_DEFAULT_SQL, &[&DEFAULT_ROWS, &old.start(), &old.end()]).await?;
+    println!("(4) {inserted} rows of {old} inserted into events_default in {:.2} s", started.elapsed().as_secs_f64());
+    let (report, drain) = timed_run(&db).await?;
+    println!("(4) run_once: {}", describe(&report));
+    let in_month: i64 =
+        db.query_one(&format!("SELECT count(*) FROM {}", old.partition_name()), &[]).await.map_or(-1, |r| r.get(0));
+    let left: i64 = db.query_one("SELECT count(*) FROM events_default", &[]).await?.get(0);
+    println!(
+        "(4) moved {DEFAULT_ROWS} rows out of the default partition in {:.2} s = {} rows/s; {} holds {in_month}, \
+         events_default holds {left}",
+        drain.as_secs_f64(),
+        fmt_rate(DEFAULT_ROWS as f64 / drain.as_secs_f64()),
+        old.partition_name()
+    );
+    Ok(Summary {
+        noop,
+        create,
+        alone,
+        busy,
+        ratio,
+        churn,
+        acked,
+        stored,
+        drain,
+        drain_ok: report.status == RunStatus::Ok && in_month == DEFAULT_ROWS && left == 0,
+    })
+}
+
+/// 100,000 rows of the month `[$2, $3)` with random apps, types and users, received now.
+const FILL_DEFAULT_SQL: &str = r"
+WITH apps AS (SELECT array_agg(gen_random_uuid()) AS ids FROM generate_series(1, 10))
+INSERT INTO events (event_id, app_id, event_type, user_id, session_id, url, created_at, received_at)
+SELECT gen_random_uuid(), apps.ids[1 + floor(random() * 10)::int],
+       (ARRAY['page_view', 'click', 'signup', 'purchase', 'search'])[1 + floor(random() * 5)::int],
+       'user-' || floor(random() * 50000)::int, 'sess-' || floor(random() * 200000)::int,
+       'https://shop.example/', $2::timestamptz + random() * ($3::timestamptz - $2::timestamptz), now()
+FROM apps, generate_series(1, $1::int8)";
+
+async fn timed_run(db: &Client) -> Result<(RunReport, Duration)> {
+    let started = Instant::now();
+    let report = partition_jobs::run_once(db, Utc::now(), LOCK_TIMEOUT).await?;
+    Ok((report, started.elapsed()))
+}
+
+/// `status: action (outcome, ms), ...`.
+fn describe(report: &RunReport) -> String {
+    let actions: Vec<String> = report
+        .outcomes
+        .iter()
+        .map(|o| format!("{} ({:?}, {} ms{})", o.action, o.status, o.elapsed_ms, moved(o.moved_rows)))
+        .collect();
+    let error = report.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default();
+    let actions = if actions.is_empty() { "no actions".to_string() } else { actions.join(", ") };
+    format!("{:?}: {actions}{error}", report.status)
+}
+
+fn moved(rows: i64) -> String {
+    if rows > 0 {
+        format!(", {rows} rows moved")
+    } else {
+        String::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Concurrent maintenance
+// ---------------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Churn {
+    iterations: u32,
+    recreated: u32,
+    failures: BTreeMap<String, u32>,
+    drop: Duration,
+    run: Duration,
+    analyze: Duration,
+    max_drop: Duration,
+    /// The last run_once, described.
+    last_run: String,
+}
+
+impl Churn {
+    fn line(&self) -> String {
+        let n = self.iterations.max(1);
+        format!(
+            "{} iterations ({} recreated the month), mean DROP TABLE {} ms (max {} ms), run_once {} ms, ANALYZE events {} \
+             ms; failures: {:?}; last run_once: {}",
+            self.iterations,
+            self.recreated,
+            ms(self.drop / n),
+            ms(self.max_drop),
+            ms(self.run / n),
+            ms(self.analyze / n),
+            self.failures,
+            self.last_run
+        )
+    }
+}
+
+/// Until `stop`: DROP TABLE of `month`, `run_once` (which recreates it), `ANALYZE events`.
+async fn maintenance_loop(url: String, month: Month, stop: Arc<AtomicBool>) -> Result<Churn> {
+    let db = strata::db::connect(&url).await?;
+    db.batch_execute(&format!("SET lock_timeout = '{}ms'", LOCK_TIMEOUT.as_millis())).await?;
+    let drop_sql = format!("DROP TABLE IF EXISTS {}", month.partition_name());
+    let mut churn = Churn::default();
+    let fail = |churn: &mut Churn, what: &str| *churn.failures.entry(what.to_string()).or_default() += 1;
+    while !stop.load(Ordering::Relaxed) {
+        churn.iterations += 1;
+        let t0 = Instant::now();
+        if db.batch_execute(&drop_sql).await.is_err() {
+            fail(&mut churn, "drop");
+        }
+        let t1 = Instant::now();
+        match partition_jobs::run_once(&db, Utc::now(), LOCK_TIMEOUT).await {
+            Ok(r) if r.status == RunStatus::Ok => {
+                churn.last_run = describe(&r);
+                let made =
+                    r.outcomes.iter().any(|o| o.action.month() == Some(month) && o.status == OutcomeStatus::Done);
+                churn.recreated += u32::from(made);
+            }
+            Ok(r) => fail(&mut churn, &format!("run {:?}", r.status)),
+            Err(_) => fail(&mut churn, "run error"),
+        }
+        let t2 = Instant::now();
+        if db.batch_execute("ANALYZE events").await.is_err() {
+            fail(&mut churn, "analyze");
+        }
+        churn.drop += t1 - t0;
+        churn.max_drop = churn.max_drop.max(t1 - t0);
+        churn.run += t2 - t1;
+        churn.analyze += t2.elapsed();
+    }
+    Ok(churn)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// HTTP load
+// ---------------------------------------------------------------------------------------------------
+
+struct Load {
+    events_per_s: f64,
+    acked: u64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Load {
+    fn line(&self) -> String {
+        format!(
+            "{} events/s ({BATCH_EVENTS}/req, {CONNECTIONS} conns), p50 {} ms p99 {} ms max {} ms, errors: {:?}",
+            fmt_rate(self.events_per_s),
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max),
+            self.errors
+        )
+    }
+}
+
+/// `CONNECTIONS` request loops for `warmup + seconds`; counts answers completed inside the window.
+async fn load(url: &str, key: &str, seconds: Duration, warmup: Duration) -> Result<Load> {
+    let client = reqwest::Client::builder().tcp_nodelay(true).timeout(Duration::from_secs(60)).build()?;
+    let start = Instant::now() + warmup;
+    let end = start + seconds;
+    let window_events = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (client, url, key, window_events) =
+                (client.clone(), url.to_string(), key.to_string(), window_events.clone());
+            tokio::spawn(async move {
+                let (mut acked, mut latencies, mut errors) = (0u64, Vec::new(), BTreeMap::<String, u64>::new());
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    let req = client.post(&url).header("X-API-Key", &key).header("Content-Type", "application/json");
+                    let status = match req.body(batch_body()).send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            r.bytes().await.map(|_| status.to_string()).unwrap_or_else(|_| "body error".into())
+                        }
+                        Err(e) => if e.is_timeout() { "timeout" } else { "transport error" }.to_string(),
+                    };
+                    let done = Instant::now();
+                    if status == "201" {
+                        acked += BATCH_EVENTS as u64;
+                        if done >= start && done <= end {
+                            window_events.fetch_add(BATCH_EVENTS as u64, Ordering::Relaxed);
+                            latencies.push(done - sent);
+                        }
+                    } else {
+                        *errors.entry(status).or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                (acked, latencies, errors)
+            })
+        })
+        .collect();
+    let (mut acked, mut latencies, mut errors) = (0, Vec::new(), BTreeMap::new());
+    for t in tasks {
+        let (a, l, e) = t.await?;
+        acked += a;
+        latencies.extend(l);
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((p * latencies.len() as f64) as usize).min(latencies.len().max(1) - 1));
+    Ok(Load {
+        events_per_s: window_events.load(Ordering::Relaxed) as f64 / seconds.as_secs_f64(),
+        acked,
+        p50: pct(0.5).copied().unwrap_or_default(),
+        p99: pct(0.99).copied().unwrap_or_default(),
+        max: latencies.last().copied().unwrap_or_default(),
+        errors,
+    })
+}
+
+fn batch_body() -> String {
+    const TYPES: [&str; 5] = ["page_view", "click", "signup", "purchase", "search"];
+    let events: Vec<String> = (0..BATCH_EVENTS)
+        .map(|i| {
+            format!(
+                r#"{{"eventId":"{}","eventType":"{}","userId":"user-{}","url":"https://shop.example/"}}"#,
+                Uuid::now_v7(),
+                TYPES[i % TYPES.len()],
+                rand::random_range(0..50_000)
+            )
+        })
+        .collect();
+    format!(r#"{{"events":[{}]}}"#, events.join(","))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The server subprocess (as in benches/ingest.rs, shorter)
+// ---------------------------------------------------------------------------------------------------
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    notable: Arc<(AtomicU64, std::sync::Mutex<Vec<String>>)>,
+    stopped: bool,
+}
+
+impl Server {
+    async fn start(db_url: &str) -> Result<Server> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("STRATA_LISTEN", "127.0.0.1:0")
+            .env("STRATA_LOG_FORMAT", "json")
+            .env("STRATA_KEY_SECRET", KEY_SECRET)
+            .env("STRATA_ADMIN_TOKEN", "bench-admin")
+            .env("STRATA_MAINTENANCE_INTERVAL", "24h")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the strata server")?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let notable = Arc::new((AtomicU64::new(0), std::sync::Mutex::new(Vec::new())));
+        let (tx, rx) = mpsc::channel();
+        let logs = notable.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+                let addr = parsed.as_ref().and_then(|v| v.pointer("/fields/addr")).and_then(|a| a.as_str());
+                if let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
+                    let _ = tx.send(addr);
+                }
+                let level = parsed.as_ref().and_then(|v| v.get("level")).and_then(|l| l.as_str());
+                if parsed.is_none() || matches!(level, Some("WARN" | "ERROR")) {
+                    logs.0.fetch_add(1, Ordering::Relaxed);
+                    let mut samples = logs.1.lock().expect("log lock");
+                    if samples.len() < 5 {
+                        samples.push(line);
+                    }
+                }
+            }
+        });
+        let mut server = Server { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), notable, stopped: false };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(addr) = rx.try_recv() {
+                server.addr = addr;
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                server.stopped = true;
+                bail!("the server exited at start-up ({status}): {}", server.samples());
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not log its address within 60 s: {}", server.samples());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn notable(&self) -> u64 {
+        self.notable.0.load(Ordering::Relaxed)
+    }
+
+    fn samples(&self) -> String {
+        let samples = self.notable.1.lock().expect("log lock");
+        samples.iter().map(|l| format!("\n      {l}")).collect()
+    }
+
+    /// SIGTERM, then waits up to 60 s for the graceful drain.
+    async fn stop(&mut self) -> Result<()> {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().context("kill -TERM")?;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if self.child.try_wait()?.is_some() {
+                self.stopped = true;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("the server did not exit within 60 s of SIGTERM")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Figures
+// ---------------------------------------------------------------------------------------------------
+
+struct Stats {
+    median: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Stats {
+    fn of(mut samples: Vec<Duration>) -> Stats {
+        samples.sort_unstable();
+        Stats { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] }
+    }
+
+    fn line(&self) -> String {
+        format!("median {} ms, min {} ms, max {} ms", ms(self.median), ms(self.min), ms(self.max))
+    }
+}
+
+struct Summary {
+    noop: Stats,
+    create: Stats,
+    alone: Load,
+    busy: Load,
+    ratio: f64,
+    churn: Churn,
+    acked: u64,
+    stored: i64,
+    drain: Duration,
+    drain_ok: bool,
+}
+
+impl Summary {
+    fn consistent(&self) -> bool {
+        self.stored == self.acked as i64 && self.drain_ok
+    }
+
+    fn print(&self) {
+        let mark = |ok: bool| if ok { "met" } else { "NOT MET" };
+        let rows = [
+            ("maintenance run with nothing to do (median)", format!("{} ms", ms(self.noop.median)), "no target"),
+            ("create one month + parent's indexes (median)", format!("{} ms", ms(self.create.median)), "no target"),
+            ("ingestion without maintenance", format!("{} ev/s", fmt_rate(self.alone.events_per_s)), "-"),
+            ("ingestion with maintenance", format!("{} ev/s", fmt_rate(self.busy.events_per_s)), "-"),
+            (
+                "  (maintenance iterations during the phase)",
+                format!("{}", self.churn.iterations),
+                if self.churn.iterations > 0 { "-" } else { "NOT MET" },
+            ),
+            ("ratio with/without maintenance >= 0.9", format!("{:.3}", self.ratio), mark(self.ratio >= TARGET_RATIO)),
+            ("HTTP errors during ingestion = 0", self.error_count().to_string(), mark(self.error_count() == 0)),
+            (
+                "count(*) FROM events = acknowledged",
+                format!("{} / {}", self.stored, self.acked),
+                mark(self.stored == self.acked as i64),
+            ),
+            (
+                "move 100,000 rows out of DEFAULT",
+                format!(
+                    "{:.2} s ({} rows/s)",
+                    self.drain.as_secs_f64(),
+                    fmt_rate(DEFAULT_ROWS as f64 / self.drain.as_secs_f64())
+                ),
+                "no target",
+            ),
+            ("  all 100,000 in their month, default empty", String::new(), mark(self.drain_ok)),
+        ];
+        println!("\n=== Summary (issue 3 benchmark) ===");
+        for (name, figure, verdict) in rows {
+            println!("{name:<48} {figure:>26}  {verdict}");
+        }
+    }
+
+    fn error_count(&self) -> u64 {
+        self.alone.errors.values().chain(self.busy.errors.values()).sum()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+/// `123,456` style.
+fn fmt_rate(x: f64) -> String {
+    let digits = (x.round() as u64).to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn env_number(name: &str, default: f64) -> Result<f64> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+            _ => bail!("{name}={v:?} is not a positive number"),
+        },
+    }
+}
+
+/// `url` with its database name replaced by `name` (query parameters kept).
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority = base.find("://").map(|i| i + 3).ok_or_else(|| anyhow!("{url:?} is not a URL"))?;
+    let host = base[authority..].find('/').map_or(base, |i| &base[..authority + i]);
+    Ok(query.map_or_else(|| format!("{host}/{name}"), |q| format!("{host}/{name}?{q}")))
+}

@@ -1,0 +1,147 @@
+//! Prometheus metrics: the recorder (one per process), the names alert rules and dashboards rely on,
+//! the HTTP middleware that counts and times every request by route template, and the gauges sampled
+//! at scrape time (queue depth, pool, process memory).
+//!
+//! Families (all present from start-up):
+//! `strata_http_requests_total{route,method,status}`, `strata_http_request_duration_seconds{route,method}`,
+//! `strata_http_requests_in_flight`, `strata_ingest_events_total{result}`, `strata_ingest_queue_depth`,
+//! `strata_ingest_queue_capacity`,
+//! `strata_ingest_batch_size`, `strata_ingest_flush_duration_seconds`, `strata_ingest_flush_errors_total{kind}`,
+//! `strata_db_pool_connections{state}`, `strata_cache_requests_total{tier,result}`,
+//! `strata_redis_errors_total`, `strata_partitions_months_ahead`, `strata_partitions_default_rows`,
+//! `strata_maintenance_runs_total{result}`, `strata_maintenance_last_success_timestamp_seconds`,
+//! `strata_process_resident_memory_bytes`.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets (seconds): sub-millisecond cache hits up to multi-second outliers.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Batch-size buckets (events per flush).
+const BATCH_BUCKETS: [f64; 10] = [1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+/// The process-wide recorder's handle (installed on first use; tests run many servers per process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("strata_ingest_batch_size".into()), &BATCH_BUCKETS))
+            .expect("static buckets are valid")
+            .install_recorder()
+            .expect("no other metrics recorder is installed");
+        register_families();
+        handle
+    })
+}
+
+/// Touches every family once so scrapes show them (at zero) before anything happened.
+fn register_families() {
+    for result in ["accepted", "rejected", "duplicate"] {
+        counter!("strata_ingest_events_total", "result" => result).absolute(0);
+    }
+    for tier in ["l1", "l2"] {
+        for result in ["hit", "miss"] {
+            counter!("strata_cache_requests_total", "tier" => tier, "result" => result).absolute(0);
+        }
+    }
+    for result in ["ok", "failed", "skipped"] {
+        counter!("strata_maintenance_runs_total", "result" => result).absolute(0);
+    }
+    for kind in ["unavailable", "rejected"] {
+        counter!("strata_ingest_flush_errors_total", "kind" => kind).absolute(0);
+    }
+    counter!("strata_redis_errors_total").absolute(0);
+    counter!("strata_http_requests_total", "route" => "/health", "method" => "GET", "status" => "200").absolute(0);
+    // Registering a histogram makes it render (with empty buckets) before its first observation.
+    let _ = histogram!("strata_http_request_duration_seconds", "route" => "/health", "method" => "GET");
+    let _ = histogram!("strata_ingest_batch_size");
+    let _ = histogram!("strata_ingest_flush_duration_seconds");
+    gauge!("strata_http_requests_in_flight").set(0.0);
+    gauge!("strata_ingest_queue_depth").set(0.0);
+    gauge!("strata_partitions_months_ahead").set(0.0);
+    gauge!("strata_partitions_default_rows").set(0.0);
+    gauge!("strata_maintenance_last_success_timestamp_seconds").set(0.0);
+}
+
+/// Counts and times each request under its route template (never the raw path).
+pub async fn track_requests(slow: Duration, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    gauge!("strata_http_requests_in_flight").increment(1.0);
+    let resp = next.run(req).await;
+    gauge!("strata_http_requests_in_flight").decrement(1.0);
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16().to_string();
+    counter!("strata_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone())
+        .increment(1);
+    histogram!("strata_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(elapsed.as_secs_f64());
+    if elapsed >= slow {
+        tracing::warn!(%route, %method, %status, elapsed_ms = elapsed.as_millis() as u64, "slow request");
+    }
+    resp
+}
+
+/// Ingest outcomes of one request.
+pub fn ingest_events(accepted: usize, rejected: usize, duplicates: usize) {
+    counter!("strata_ingest_events_total", "result" => "accepted").increment(accepted as u64);
+    counter!("strata_ingest_events_total", "result" => "rejected").increment(rejected as u64);
+    counter!("strata_ingest_events_total", "result" => "duplicate").increment(duplicates as u64);
+}
+
+/// One writer flush.
+pub fn flush(events: usize, elapsed: Duration) {
+    histogram!("strata_ingest_batch_size").record(events as f64);
+    histogram!("strata_ingest_flush_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A failed flush.
+pub fn flush_error(kind: &'static str) {
+    counter!("strata_ingest_flush_errors_total", "kind" => kind).increment(1);
+}
+
+/// One maintenance run and, when known, the partition coverage it left.
+pub fn maintenance(result: &'static str, now_unix: f64) {
+    counter!("strata_maintenance_runs_total", "result" => result).increment(1);
+    if result == "ok" {
+        gauge!("strata_maintenance_last_success_timestamp_seconds").set(now_unix);
+    }
+}
+
+/// Partition coverage gauges.
+pub fn partitions(months_ahead: i32, default_rows: i64) {
+    gauge!("strata_partitions_months_ahead").set(f64::from(months_ahead));
+    gauge!("strata_partitions_default_rows").set(default_rows as f64);
+}
+
+/// Gauges sampled at scrape time.
+pub fn sample(queue_depth: usize, queue_capacity: usize, pool: deadpool_postgres::Status) {
+    gauge!("strata_ingest_queue_depth").set(queue_depth as f64);
+    gauge!("strata_ingest_queue_capacity").set(queue_capacity as f64);
+    gauge!("strata_db_pool_connections", "state" => "max").set(pool.max_size as f64);
+    gauge!("strata_db_pool_connections", "state" => "open").set(pool.size as f64);
+    gauge!("strata_db_pool_connections", "state" => "idle").set(pool.available as f64);
+    gauge!("strata_db_pool_connections", "state" => "in_use").set(pool.size.saturating_sub(pool.available) as f64);
+    gauge!("strata_db_pool_connections", "state" => "waiting").set(pool.waiting as f64);
+    if let Some(rss) = resident_bytes() {
+        gauge!("strata_process_resident_memory_bytes").set(rss as f64);
+    }
+}
+
+/// VmRSS of this process, from /proc (Linux only).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
