@@ -119,14 +119,15 @@ impl KeyAuth {
         }
         let hash = hash_key(&self.secret, key);
         let pool = self.pool.clone();
+        let lookup_hash = hash.clone();
         let found = self
             .cache
-            .try_get_with(hash.clone(), async move { lookup(&pool, &hash).await })
+            .try_get_with(hash.clone(), async move { lookup(&pool, &lookup_hash).await })
             .await
             .map_err(|e| LookupError(e.to_string()))?;
         let Some(info) = found else { return Ok(Err(KeyRejection::Invalid)) };
-        // Compared again in constant time: the cache key equality above is not.
-        if !bool::from(info.hash.ct_eq(&hash_key(&self.secret, key))) {
+        // Compared again in constant time: the cache's and the index's equality checks are not.
+        if !bool::from(info.hash.ct_eq(&hash)) {
             return Ok(Err(KeyRejection::Invalid));
         }
         if info.revoked {
@@ -139,7 +140,13 @@ impl KeyAuth {
         Ok(Ok(info))
     }
 
-    /// Drops every cached answer for keys of `key_id` (used by revocation in this process).
+    /// Drops the cached answer for the key whose HMAC is `hash`, so its revocation bites at once in
+    /// this process (other processes: the cache bus, or the cache TTL at worst).
+    pub async fn evict(&self, hash: &[u8]) {
+        self.cache.invalidate(hash).await;
+    }
+
+    /// Drops every cached answer (used by revocation in this process).
     pub fn evict_all(&self) {
         self.cache.invalidate_all();
     }
