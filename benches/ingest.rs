@@ -398,29 +398,8 @@ impl CopyRow {
 // (a) COPY ceiling
 // ---------------------------------------------------------------------------------------------------
 
-const COPY_SQL: &str = "COPY events (event_id, app_id, event_type, user_id, session_id, url, referrer, \
-     ip_address, user_agent, browser, os, device, screen_width, screen_height, metadata, created_at, \
-     received_at) FROM STDIN BINARY";
-
-const COPY_TYPES: [Type; 17] = [
-    Type::UUID,
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INET,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT4,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-];
+// The same statement and column types the server's writer uses.
+use strata::ingest::store::{COPY_EVENTS as COPY_SQL, COPY_TYPES};
 
 /// Outcome of phase (a).
 struct CopyResult {

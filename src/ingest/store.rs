@@ -7,9 +7,9 @@ use std::pin::pin;
 
 use bytes::BytesMut;
 use chrono::{DateTime, DurationRound, Timelike, Utc};
+use deadpool_postgres::Transaction;
 use postgres_types::{IsNull, ToSql, Type};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use super::event::EventRow;
@@ -18,11 +18,13 @@ const CLAIM_IDS: &str = "INSERT INTO event_ids (app_id, event_id) \
      SELECT a, e FROM unnest($1::uuid[], $2::uuid[]) AS d(a, e) ORDER BY a, e \
      ON CONFLICT DO NOTHING RETURNING app_id, event_id";
 
-const COPY_EVENTS: &str = "COPY events (event_id, app_id, event_type, user_id, session_id, url, referrer, \
+/// The COPY statement of the events table (the ingest benchmark measures its ceiling with it).
+pub const COPY_EVENTS: &str = "COPY events (event_id, app_id, event_type, user_id, session_id, url, referrer, \
      ip_address, user_agent, browser, os, device, screen_width, screen_height, metadata, created_at, \
      received_at) FROM STDIN BINARY";
 
-const COPY_TYPES: [Type; 17] = [
+/// Column types of [`COPY_EVENTS`], in order.
+pub const COPY_TYPES: [Type; 17] = [
     Type::UUID,
     Type::UUID,
     Type::TEXT,
