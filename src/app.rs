@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::keys::KeyAuth;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::{self, Secrets};
 use crate::http::{self, AppState};
@@ -59,7 +60,8 @@ impl Application {
             writers: cfg.writers,
             partition_lock_timeout: cfg.partition_lock_timeout,
         };
-        let queue = writer::start(pool.clone(), writer_cfg, background_stop.clone(), &tracker);
+        let cache = Cache::start(&cfg, background_stop.clone(), &tracker);
+        let queue = writer::start(pool.clone(), writer_cfg, cache.clone(), background_stop.clone(), &tracker);
         let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), cfg.key_cache_ttl);
         tracker.spawn(keys.clone().usage_flush_loop(cfg.usage_flush_interval, background_stop.clone()));
         crate::jobs::publish_policy(&pool, &cfg).await.context("publishing the partition policy")?;
@@ -73,13 +75,19 @@ impl Application {
         let ua = tokio::task::spawn_blocking(UaParser::new).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let accept_window = chrono::Duration::from_std(cfg.accept_window).context("STRATA_ACCEPT_WINDOW")?;
-        let state = AppState { cfg: Arc::new(cfg), pool, keys, queue, ua, secrets: Arc::new(secrets), accept_window };
+        let state =
+            AppState { cfg: Arc::new(cfg), pool, keys, queue, ua, secrets: Arc::new(secrets), accept_window, cache };
         Ok(Application { listener, state, background_stop, tracker })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The analytics cache (tests read its counters).
+    pub fn cache(&self) -> &crate::cache::Cache {
+        &self.state.cache
     }
 
     /// The admin token in force (configured or generated).

@@ -32,6 +32,20 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `STRATA_REDIS_PREFIX` (default `strata:`): prefix of every Redis key and channel.
     pub redis_prefix: String,
+    /// `STRATA_CACHE` (`on`, `off`, `l1` or `l2`; default `on`): which analytics cache tiers are used.
+    pub cache_mode: CacheMode,
+    /// `STRATA_FRESHNESS` (default `5s`): an acknowledged event shows in every query covering it
+    /// within this time; also the L1 lifetime.
+    pub freshness: Duration,
+    /// `STRATA_CACHE_TTL_RECENT` (default `300s`): L2 lifetime of answers whose range touches now.
+    pub cache_ttl_recent: Duration,
+    /// `STRATA_CACHE_TTL_CLOSED` (default `3600s`): L2 lifetime of answers for closed ranges.
+    pub cache_ttl_closed: Duration,
+    /// `STRATA_L1_MAX_BYTES` (default 64 MiB): bound of the in-process cache (serialised answers).
+    pub l1_max_bytes: u64,
+    /// `STRATA_REDIS_TIMEOUT` (default `25ms`): longest wait for one Redis command before the
+    /// request goes on without it.
+    pub redis_timeout: Duration,
     /// `STRATA_ADMIN_TOKEN`: bearer token of DBA endpoints; generated once and stored in the
     /// database when unset.
     pub admin_token: Option<String>,
@@ -39,6 +53,11 @@ pub struct Config {
     pub key_secret: Option<String>,
     /// `STRATA_JWT_SECRET`: signing secret of owner tokens; generated once and stored when unset.
     pub jwt_secret: Option<String>,
+    /// `STRATA_TOKEN_TTL` (default `7d`, the original's): lifetime of owner bearer tokens.
+    pub token_ttl: Duration,
+    /// `STRATA_AUTH_RATE_LIMIT` (default `10/15m`, the original's; `off` disables): register and
+    /// login attempts per client IP, per instance.
+    pub auth_rate_limit: Option<crate::auth::ratelimit::RateLimit>,
     /// `STRATA_DB_POOL_SIZE` (default 16): PostgreSQL connections per process.
     pub db_pool_size: usize,
     /// `STRATA_DB_TIMEOUT` (default `5s`): longest wait for a pooled connection or a query before
@@ -103,9 +122,17 @@ impl Default for Config {
             data_dir: PathBuf::from(".data"),
             redis_url: None,
             redis_prefix: "strata:".into(),
+            cache_mode: CacheMode::On,
+            freshness: Duration::from_secs(5),
+            cache_ttl_recent: Duration::from_secs(300),
+            cache_ttl_closed: Duration::from_secs(3600),
+            l1_max_bytes: 64 * 1024 * 1024,
+            redis_timeout: Duration::from_millis(25),
             admin_token: None,
             key_secret: None,
             jwt_secret: None,
+            token_ttl: Duration::from_secs(7 * 86_400),
+            auth_rate_limit: Some(crate::auth::ratelimit::RateLimit { requests: 10, window: Duration::from_secs(900) }),
             db_pool_size: 16,
             db_timeout: Duration::from_secs(5),
             ingest_queue_capacity: 100_000,
@@ -135,6 +162,45 @@ impl Default for Config {
     }
 }
 
+/// Which analytics cache tiers are in use (`STRATA_CACHE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// L1 (in process) and L2 (Redis, when `REDIS_URL` is set).
+    On,
+    /// No caching: every query reads the database.
+    Off,
+    /// Only the in-process tier.
+    L1,
+    /// Only the Redis tier.
+    L2,
+}
+
+impl CacheMode {
+    /// From `on`, `off`, `l1` or `l2`.
+    pub fn parse(v: &str) -> Option<CacheMode> {
+        match v.trim() {
+            "on" => Some(CacheMode::On),
+            "off" => Some(CacheMode::Off),
+            "l1" => Some(CacheMode::L1),
+            "l2" => Some(CacheMode::L2),
+            _ => None,
+        }
+    }
+
+    /// True when the in-process tier is used.
+    pub fn l1(self) -> bool {
+        matches!(self, CacheMode::On | CacheMode::L1)
+    }
+
+    /// True when the Redis tier is used (if configured).
+    pub fn l2(self) -> bool {
+        matches!(self, CacheMode::On | CacheMode::L2)
+    }
+}
+
+/// Most group-commit writers: each owns a rollup shard (a smallint), and more gain nothing.
+const MAX_WRITERS: usize = 64;
+
 /// The longest API-key cache lifetime allowed: revocation must bite within it even without Redis.
 const KEY_CACHE_TTL_MAX: Duration = Duration::from_secs(30);
 
@@ -159,6 +225,10 @@ impl Config {
         if let Some(v) = get("STRATA_REDIS_PREFIX") {
             c.redis_prefix = v;
         }
+        if let Some(v) = get("STRATA_CACHE") {
+            c.cache_mode =
+                CacheMode::parse(&v).ok_or_else(|| invalid("STRATA_CACHE", &v, "expected on, off, l1 or l2"))?;
+        }
         c.admin_token = get("STRATA_ADMIN_TOKEN");
         c.key_secret = get("STRATA_KEY_SECRET");
         c.jwt_secret = get("STRATA_JWT_SECRET");
@@ -168,6 +238,18 @@ impl Config {
         let dur = |k: &str, d: Duration| -> Result<Duration, ConfigError> {
             get(k).map_or(Ok(d), |v| parse_with(k, &v, parse_duration))
         };
+        c.token_ttl = dur("STRATA_TOKEN_TTL", c.token_ttl)?;
+        if let Some(v) = get("STRATA_AUTH_RATE_LIMIT") {
+            c.auth_rate_limit = match v.trim() {
+                "off" => None,
+                limit => Some(parse_with("STRATA_AUTH_RATE_LIMIT", limit, crate::auth::ratelimit::RateLimit::parse)?),
+            };
+        }
+        c.freshness = dur("STRATA_FRESHNESS", c.freshness)?;
+        c.cache_ttl_recent = dur("STRATA_CACHE_TTL_RECENT", c.cache_ttl_recent)?;
+        c.cache_ttl_closed = dur("STRATA_CACHE_TTL_CLOSED", c.cache_ttl_closed)?;
+        c.l1_max_bytes = count("STRATA_L1_MAX_BYTES", c.l1_max_bytes as usize)? as u64;
+        c.redis_timeout = dur("STRATA_REDIS_TIMEOUT", c.redis_timeout)?;
         c.db_pool_size = count("STRATA_DB_POOL_SIZE", c.db_pool_size)?;
         c.db_timeout = dur("STRATA_DB_TIMEOUT", c.db_timeout)?;
         c.ingest_queue_capacity = count("STRATA_INGEST_QUEUE_CAPACITY", c.ingest_queue_capacity)?;
@@ -248,11 +330,24 @@ impl Config {
                 "must be at most 30s so revoked keys stop working within 30 s",
             ));
         }
+        if self.freshness < Duration::from_millis(100) {
+            return Err(invalid("STRATA_FRESHNESS", &format!("{:?}", self.freshness), "must be at least 100ms"));
+        }
         if self.premake_months > 120 {
             return Err(invalid("STRATA_PREMAKE_MONTHS", &self.premake_months.to_string(), "must be at most 120"));
         }
+        if self.token_ttl < Duration::from_secs(1) {
+            return Err(invalid("STRATA_TOKEN_TTL", &format!("{:?}", self.token_ttl), "must be at least 1s"));
+        }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("STRATA_MAINTENANCE_INTERVAL", "0", "must be positive"));
+        }
+        if self.writers > MAX_WRITERS {
+            return Err(invalid(
+                "STRATA_WRITERS",
+                &self.writers.to_string(),
+                "must be at most 64 (one rollup shard each)",
+            ));
         }
         if self.writers > self.db_pool_size {
             return Err(invalid("STRATA_WRITERS", &self.writers.to_string(), "must not exceed STRATA_DB_POOL_SIZE"));
@@ -312,6 +407,21 @@ mod tests {
         assert_eq!(err.name, "STRATA_KEY_CACHE_TTL");
         let err = Config::from_vars(&vars(&[("STRATA_LISTEN", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("STRATA_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn token_lifetime_and_auth_rate_limit_are_configurable() {
+        let c = Config::default();
+        assert_eq!(c.token_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.auth_rate_limit.map(|l| (l.requests, l.window)), Some((10, Duration::from_secs(900))));
+        let c = Config::from_vars(&vars(&[("STRATA_TOKEN_TTL", "1h"), ("STRATA_AUTH_RATE_LIMIT", "off")])).unwrap();
+        assert_eq!((c.token_ttl, c.auth_rate_limit), (Duration::from_secs(3600), None));
+        let c = Config::from_vars(&vars(&[("STRATA_AUTH_RATE_LIMIT", "5/1m")])).unwrap();
+        assert_eq!(c.auth_rate_limit.map(|l| (l.requests, l.window)), Some((5, Duration::from_secs(60))));
+        let err = Config::from_vars(&vars(&[("STRATA_AUTH_RATE_LIMIT", "lots")])).unwrap_err();
+        assert_eq!(err.name, "STRATA_AUTH_RATE_LIMIT");
+        let err = Config::from_vars(&vars(&[("STRATA_TOKEN_TTL", "0s")])).unwrap_err();
+        assert_eq!(err.name, "STRATA_TOKEN_TTL");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! - [`config`]: typed configuration, defaults, env overrides, validation.
 //! - [`db`]: connection pool, migrations, partitions made at migrate time, server secrets.
 //! - [`embedded`]: the private PostgreSQL cluster used when no `DATABASE_URL` is set.
-//! - [`accounts`]: apps and API keys in storage (CLI today, management API later).
-//! - [`auth`]: API-key authentication with its in-process cache, bearer tokens.
+//! - [`accounts`]: owners, apps and API keys in storage (CLI and the accounts API).
+//! - [`auth`]: API-key authentication with its in-process cache, bearer tokens, owner passwords,
+//!   per-IP rate limits of the auth endpoints.
+//! - [`cache`]: the analytics cache: L1 moka, L2 Redis, one read-through facade with single flight.
 //! - [`ingest`]: event validation and normalisation, user-agent parsing, the bounded queue and the
 //!   group-commit writers that COPY events and upsert rollups in one transaction.
 //! - [`http`]: axum routers per area, the shared state and the JSON error type.
@@ -18,6 +20,7 @@
 pub mod accounts;
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod embedded;

@@ -24,6 +24,9 @@ enum Command {
     },
     /// Apply migrations and create the partitions kept ahead, then exit.
     Migrate,
+    /// Manage owners (accounts that log in to the API).
+    #[command(subcommand)]
+    Owners(OwnersCommand),
     /// Manage apps.
     #[command(subcommand)]
     Apps(AppsCommand),
@@ -49,6 +52,28 @@ enum AppsCommand {
         /// Display name.
         #[arg(long)]
         name: String,
+        /// Email of the owning owner (default: the bootstrap owner, which cannot log in).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OwnersCommand {
+    /// Create an owner that can log in, and print its id.
+    Create {
+        /// Login email.
+        #[arg(long)]
+        email: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Password (or env STRATA_OWNER_PASSWORD, which keeps it out of the shell history).
+        #[arg(long, env = "STRATA_OWNER_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Give the owner the admin role (DBA endpoints).
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -126,8 +151,23 @@ async fn run_admin(command: Command, cfg: &Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => println!("migrations applied"),
         Command::AdminToken => println!("{}", secrets.admin_token),
-        Command::Apps(AppsCommand::Create { name }) => {
-            let app = accounts::create_app(&client, &name, None).await?;
+        Command::Owners(OwnersCommand::Create { email, name, password, admin }) => {
+            let chars = password.chars().count();
+            let (min, max) = (strata::auth::password::PASSWORD_MIN_CHARS, strata::auth::password::PASSWORD_MAX_CHARS);
+            anyhow::ensure!((min..=max).contains(&chars), "the password must be {min} to {max} characters");
+            let hash = strata::auth::password::hash(password).await?;
+            let owner = accounts::create_owner(&client, &email, &name, &hash, admin).await?;
+            println!("{}", owner.id);
+        }
+        Command::Apps(AppsCommand::Create { name, owner }) => {
+            let owner_id = match owner {
+                Some(email) => {
+                    let found = accounts::owner_for_login(&client, &email).await?;
+                    Some(found.with_context(|| format!("no owner with email {email}"))?.0.id)
+                }
+                None => None,
+            };
+            let app = accounts::create_app(&client, &name, owner_id).await?;
             println!("{}", app.id);
         }
         Command::Keys(KeysCommand::Create { app, name, expires_in_days }) => {

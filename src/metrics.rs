@@ -5,7 +5,7 @@
 //! Families (all present from start-up):
 //! `strata_http_requests_total{route,method,status}`, `strata_http_request_duration_seconds{route,method}`,
 //! `strata_http_requests_in_flight`, `strata_ingest_events_total{result}`, `strata_ingest_queue_depth`,
-//! `strata_ingest_queue_capacity`,
+//! `strata_ingest_queue_capacity`, `strata_ingest_rejected_total{reason}`,
 //! `strata_ingest_batch_size`, `strata_ingest_flush_duration_seconds`, `strata_ingest_flush_errors_total{kind}`,
 //! `strata_db_pool_connections{state}`, `strata_cache_requests_total{tier,result}`,
 //! `strata_redis_errors_total`, `strata_partitions_months_ahead`, `strata_partitions_default_rows`,
@@ -59,6 +59,7 @@ fn register_families() {
         counter!("strata_ingest_flush_errors_total", "kind" => kind).absolute(0);
     }
     counter!("strata_redis_errors_total").absolute(0);
+    counter!("strata_ingest_rejected_total", "reason" => "missing_event_type").absolute(0);
     counter!("strata_http_requests_total", "route" => "/health", "method" => "GET", "status" => "200").absolute(0);
     // Registering a histogram makes it render (with empty buckets) before its first observation.
     let _ = histogram!("strata_http_request_duration_seconds", "route" => "/health", "method" => "GET");
@@ -97,6 +98,11 @@ pub fn ingest_events(accepted: usize, rejected: usize, duplicates: usize) {
     counter!("strata_ingest_events_total", "result" => "accepted").increment(accepted as u64);
     counter!("strata_ingest_events_total", "result" => "rejected").increment(rejected as u64);
     counter!("strata_ingest_events_total", "result" => "duplicate").increment(duplicates as u64);
+}
+
+/// One refused event, by its error code (a fixed set, so the label stays bounded).
+pub fn rejected(code: &'static str) {
+    counter!("strata_ingest_rejected_total", "reason" => code).increment(1);
 }
 
 /// One writer flush.

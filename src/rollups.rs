@@ -1,9 +1,10 @@
 //! Rebuilding rollups from raw rows: for imported data, rows moved out of a DEFAULT partition, or a
 //! changed rollup design. `strata rollups rebuild` and the maintenance scheduler call [`rebuild`].
 //!
-//! Safe while ingestion runs (READ COMMITTED): the recomputed rows overwrite (not add to) what they
-//! replace, and a writer's concurrent delta for the same key waits on the rebuilt row and is added
-//! after it, so every committed event is counted exactly once.
+//! Rebuilt counts go to shard 0 after every shard of the range was deleted. Each month's transaction
+//! locks both rollup tables in SHARE ROW EXCLUSIVE mode: ingestion keeps accepting and COPYing, but
+//! its commits wait for the rebuild of that month, so no committed event is counted twice or missed
+//! (a writer's delta for another shard could otherwise land between the delete and the recompute).
 
 use chrono::{DateTime, Utc};
 use partition_jobs::Month;
@@ -25,7 +26,7 @@ const INSERT_HOURLY: &str = "INSERT INTO rollup_hourly (app_id, hour, event_type
        count(*) FILTER (WHERE extract(minute FROM created_at AT TIME ZONE 'UTC') >= 45) \
      FROM events WHERE created_at >= $1 AND created_at < $2 AND ($3::uuid IS NULL OR app_id = $3) \
      GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
-     ON CONFLICT (app_id, hour, event_type) DO UPDATE SET events = EXCLUDED.events, q0 = EXCLUDED.q0, \
+     ON CONFLICT (app_id, hour, event_type, shard) DO UPDATE SET events = EXCLUDED.events, q0 = EXCLUDED.q0, \
        q1 = EXCLUDED.q1, q2 = EXCLUDED.q2, q3 = EXCLUDED.q3";
 
 const INSERT_DIMS: &str = "INSERT INTO rollup_hourly_dims (app_id, hour, event_type, dim, value, events) \
@@ -33,7 +34,9 @@ const INSERT_DIMS: &str = "INSERT INTO rollup_hourly_dims (app_id, hour, event_t
      FROM events CROSS JOIN LATERAL (VALUES ('device', device), ('browser', browser), ('os', os)) AS d(dim, value) \
      WHERE created_at >= $1 AND created_at < $2 AND ($3::uuid IS NULL OR app_id = $3) \
      GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5 \
-     ON CONFLICT (app_id, hour, event_type, dim, value) DO UPDATE SET events = EXCLUDED.events";
+     ON CONFLICT (app_id, hour, event_type, dim, value, shard) DO UPDATE SET events = EXCLUDED.events";
+
+const LOCK_ROLLUPS: &str = "LOCK TABLE rollup_hourly, rollup_hourly_dims IN SHARE ROW EXCLUSIVE MODE";
 
 const MARK_COMPLETE: &str = "INSERT INTO rollup_months (month, complete, rebuilt_at) VALUES ($1, true, now()) \
      ON CONFLICT (month) DO UPDATE SET complete = true, rebuilt_at = now()";
@@ -65,6 +68,7 @@ pub async fn rebuild(
         let start = from.max(month.start());
         let end = to.min(month.end());
         let tx = client.transaction().await?;
+        tx.batch_execute(LOCK_ROLLUPS).await?;
         tx.execute(DELETE_HOURLY, &[&start, &end, &app]).await?;
         tx.execute(DELETE_DIMS, &[&start, &end, &app]).await?;
         report.hourly_rows += tx.execute(INSERT_HOURLY, &[&start, &end, &app]).await?;

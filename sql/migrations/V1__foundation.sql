@@ -97,7 +97,7 @@ CREATE TABLE event_ids (
 -- Pruning old pairs by age.
 CREATE INDEX event_ids_received_idx ON event_ids (received_at);
 
--- Hourly rollup of event counts per (app, UTC hour, event type). The four quarter-hour columns let
+-- Hourly rollup of event counts per (app, UTC hour, event type, writer shard). The quarter-hour columns let
 -- buckets in +5:30 / +5:45 zones be exact without reading raw rows: events = q0 + q1 + q2 + q3.
 CREATE TABLE rollup_hourly (
     app_id     uuid NOT NULL,
@@ -108,8 +108,11 @@ CREATE TABLE rollup_hourly (
     q1         bigint NOT NULL,
     q2         bigint NOT NULL,
     q3         bigint NOT NULL,
+    -- The writer that added these counts. Concurrent group-commit writers each upsert their own row,
+    -- so they never wait on each other's hot-row locks until commit; readers sum over shards.
+    shard      smallint NOT NULL DEFAULT 0,
     -- Led by (app_id, hour): every rollup read is one app over a time range.
-    PRIMARY KEY (app_id, hour, event_type)
+    PRIMARY KEY (app_id, hour, event_type, shard)
 );
 
 -- Hourly breakdown counts per dimension (device, browser, os) value, for summaries.
@@ -121,7 +124,9 @@ CREATE TABLE rollup_hourly_dims (
     -- '' stands for "unknown" (a NULL cannot be part of the primary key).
     value      text NOT NULL,
     events     bigint NOT NULL,
-    PRIMARY KEY (app_id, hour, event_type, dim, value)
+    -- As in rollup_hourly: one row per writer, summed by readers.
+    shard      smallint NOT NULL DEFAULT 0,
+    PRIMARY KEY (app_id, hour, event_type, dim, value, shard)
 );
 
 -- Months whose rollups are complete (maintained by ingestion since the month existed, or rebuilt by

@@ -1,5 +1,5 @@
-//! Bearer tokens for the read side. Until owner accounts exist the only token is the admin token
-//! (`STRATA_ADMIN_TOKEN`), compared in constant time.
+//! Bearer tokens: parsing the `Authorization` header, and the admin token (`STRATA_ADMIN_TOKEN`),
+//! compared in constant time. Owners' signed tokens are [`super::tokens`].
 
 use subtle::ConstantTimeEq;
 

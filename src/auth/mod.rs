@@ -1,4 +1,8 @@
-//! Authentication: API keys for ingestion ([`keys`]) and bearer tokens for reading ([`bearer`]).
+//! Authentication: API keys for ingestion ([`keys`]), bearer tokens for reading ([`bearer`] for the
+//! admin token, [`tokens`] for owners' signed tokens) and owner passwords ([`password`]).
 
 pub mod bearer;
 pub mod keys;
+pub mod password;
+pub mod ratelimit;
+pub mod tokens;

@@ -1,4 +1,4 @@
-//! DBA endpoints under `/api/admin/` (bearer admin token): partitions with bounds, sizes and
+//! DBA endpoints under `/api/admin/` (bearer admin token, or an admin owner's token): partitions with bounds, sizes and
 //! statistics; a health verdict with reasons; maintenance history and run-now; index usage; slow
 //! queries from pg_stat_statements when the extension is installed.
 
@@ -26,18 +26,26 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/slow-queries", get(slow_queries))
 }
 
-/// 401 unless the request carries the admin token.
-pub fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Passes the admin token, or the token of an owner with the admin role; 401 for anything else but a
+/// valid token of a plain owner, which gets 403.
+pub async fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match bearer_token(header) {
         None => Err(ApiError::unauthorized("unauthorized", "an admin bearer token is required")),
         Some(t) if token_matches(t, &s.secrets.admin_token) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("unauthorized", "invalid token")),
+        Some(t) => {
+            let claims = super::accounts::verify_token(s, t)?;
+            let owner = super::accounts::owner_session(s, claims.sub, claims.jti).await?;
+            match owner.role.as_str() {
+                "admin" => Ok(()),
+                _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin role is required")),
+            }
+        }
     }
 }
 
 async fn admin_client(s: &AppState, headers: &HeaderMap) -> Result<Object, ApiError> {
-    require_admin(s, headers)?;
+    require_admin(s, headers).await?;
     s.pool.get().await.map_err(|e| {
         tracing::warn!(error = %e, "no database connection");
         ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
@@ -89,7 +97,7 @@ async fn runs(
 
 #[tracing::instrument(skip_all)]
 async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s, &headers).await?;
     // Spawned, not awaited in place: a client hanging up must not cancel a run half-way on a pooled
     // connection (it would keep the runner's session lock).
     let (pool, timeout) = (s.pool.clone(), s.cfg.partition_lock_timeout);

@@ -38,6 +38,7 @@ async fn track(
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
     let row = parse_event(&value, &ctx, &s.ua).map_err(|e| {
         crate::metrics::ingest_events(0, 1, 0);
+        crate::metrics::rejected(e.code);
         ApiError::bad_request(e.code, e.message)
     })?;
     let event_id = row.event_id;
@@ -143,7 +144,10 @@ fn parse_all(s: &AppState, events: &[Value], ctx: &EventContext) -> (Vec<EventRo
     for (index, ev) in events.iter().enumerate() {
         match parse_event(ev, ctx, &s.ua) {
             Ok(row) => rows.push(row),
-            Err(e) => errors.push(json!({"index": index, "code": e.code, "message": e.message})),
+            Err(e) => {
+                crate::metrics::rejected(e.code);
+                errors.push(json!({"index": index, "code": e.code, "message": e.message}));
+            }
         }
     }
     (rows, errors)
@@ -175,7 +179,7 @@ fn event_context(
 }
 
 /// The left-most valid address of the trusted proxy header, else the socket peer.
-fn client_ip(trusted: Option<&str>, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+pub(crate) fn client_ip(trusted: Option<&str>, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
     trusted
         .and_then(|h| headers.get(h))
         .and_then(|v| v.to_str().ok())

@@ -17,6 +17,7 @@ use crate::db::Secrets;
 use crate::ingest::ua::UaParser;
 use crate::ingest::writer::IngestQueue;
 
+pub mod accounts;
 pub mod admin;
 pub mod analytics;
 pub mod body;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub ua: UaParser,
     /// Server secrets.
     pub secrets: Arc<Secrets>,
+    /// The analytics cache (L1 in process, L2 Redis).
+    pub cache: crate::cache::Cache,
     /// Oldest acceptable event age (the acceptance window, never past retention).
     pub accept_window: chrono::Duration,
 }
@@ -52,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(admin::router())
         .merge(analytics::router())
+        .merge(accounts::router())
         .merge(metrics::router())
         .fallback(error::fallback)
         .method_not_allowed_fallback(method_not_allowed)

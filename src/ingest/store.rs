@@ -44,32 +44,37 @@ pub const COPY_TYPES: [Type; 17] = [
     Type::TIMESTAMPTZ,
 ];
 
-const UPSERT_HOURLY: &str = "INSERT INTO rollup_hourly (app_id, hour, event_type, events, q0, q1, q2, q3) \
-     SELECT a, h, t, q0 + q1 + q2 + q3, q0, q1, q2, q3 \
+const UPSERT_HOURLY: &str = "INSERT INTO rollup_hourly (app_id, hour, event_type, events, q0, q1, q2, q3, shard) \
+     SELECT a, h, t, q0 + q1 + q2 + q3, q0, q1, q2, q3, $8 \
      FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) \
        AS d(a, h, t, q0, q1, q2, q3) \
      ORDER BY a, h, t \
-     ON CONFLICT (app_id, hour, event_type) DO UPDATE SET \
+     ON CONFLICT (app_id, hour, event_type, shard) DO UPDATE SET \
        events = rollup_hourly.events + EXCLUDED.events, q0 = rollup_hourly.q0 + EXCLUDED.q0, \
        q1 = rollup_hourly.q1 + EXCLUDED.q1, q2 = rollup_hourly.q2 + EXCLUDED.q2, \
        q3 = rollup_hourly.q3 + EXCLUDED.q3";
 
-const UPSERT_DIMS: &str = "INSERT INTO rollup_hourly_dims (app_id, hour, event_type, dim, value, events) \
-     SELECT a, h, t, k, v, n \
+const UPSERT_DIMS: &str = "INSERT INTO rollup_hourly_dims (app_id, hour, event_type, dim, value, events, shard) \
+     SELECT a, h, t, k, v, n, $7 \
      FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
        AS d(a, h, t, k, v, n) \
      ORDER BY a, h, t, k, v \
-     ON CONFLICT (app_id, hour, event_type, dim, value) DO UPDATE SET \
+     ON CONFLICT (app_id, hour, event_type, dim, value, shard) DO UPDATE SET \
        events = rollup_hourly_dims.events + EXCLUDED.events";
 
-/// Stores the not-yet-seen events among `rows` and their rollups inside `tx` (not committed here).
-/// Returns, per row, whether it was new (`true`) or a duplicate of a stored or earlier row.
-pub async fn store_batch(tx: &Transaction<'_>, rows: &[&EventRow]) -> Result<Vec<bool>, tokio_postgres::Error> {
+/// Stores the not-yet-seen events among `rows` and their rollups (in rollup shard `shard`, the
+/// writer's own) inside `tx` (not committed here). Returns, per row, whether it was new (`true`) or a
+/// duplicate of a stored or earlier row.
+pub async fn store_batch(
+    tx: &Transaction<'_>,
+    rows: &[&EventRow],
+    shard: i16,
+) -> Result<Vec<bool>, tokio_postgres::Error> {
     let fresh = claim_ids(tx, rows).await?;
     let new_rows: Vec<&EventRow> = rows.iter().zip(&fresh).filter(|(_, f)| **f).map(|(r, _)| *r).collect();
     if !new_rows.is_empty() {
         copy_rows(tx, &new_rows).await?;
-        upsert_rollups(tx, &new_rows).await?;
+        upsert_rollups(tx, &new_rows, shard).await?;
     }
     Ok(fresh)
 }
@@ -133,7 +138,7 @@ pub fn hour_and_quarter(t: DateTime<Utc>) -> (DateTime<Utc>, usize) {
 
 type HourKey<'a> = (Uuid, DateTime<Utc>, &'a str);
 
-async fn upsert_rollups(tx: &Transaction<'_>, rows: &[&EventRow]) -> Result<(), tokio_postgres::Error> {
+async fn upsert_rollups(tx: &Transaction<'_>, rows: &[&EventRow], shard: i16) -> Result<(), tokio_postgres::Error> {
     let mut hourly: BTreeMap<HourKey, [i64; 4]> = BTreeMap::new();
     let mut dims: BTreeMap<(HourKey, &str, &str), i64> = BTreeMap::new();
     for r in rows {
@@ -171,8 +176,8 @@ async fn upsert_rollups(tx: &Transaction<'_>, rows: &[&EventRow]) -> Result<(), 
     }
     let (hourly_stmt, dims_stmt) = tokio::try_join!(tx.prepare_cached(UPSERT_HOURLY), tx.prepare_cached(UPSERT_DIMS))?;
     // Both upserts are sent together (pipelined on the connection): one round trip instead of two.
-    let hourly_params: [&(dyn ToSql + Sync); 7] = [&a, &h, &t, &q[0], &q[1], &q[2], &q[3]];
-    let dims_params: [&(dyn ToSql + Sync); 6] = [&da, &dh, &dt, &k, &v, &n];
+    let hourly_params: [&(dyn ToSql + Sync); 8] = [&a, &h, &t, &q[0], &q[1], &q[2], &q[3], &shard];
+    let dims_params: [&(dyn ToSql + Sync); 7] = [&da, &dh, &dt, &k, &v, &n, &shard];
     tokio::try_join!(tx.execute(&hourly_stmt, &hourly_params), tx.execute(&dims_stmt, &dims_params))?;
     Ok(())
 }

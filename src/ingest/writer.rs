@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::event::EventRow;
 use super::store::store_batch;
+use crate::cache::Cache;
 use crate::db::is_unavailable;
 
 /// Why a job was not committed.
@@ -101,6 +102,7 @@ pub struct WriterConfig {
 pub fn start(
     pool: Pool,
     cfg: WriterConfig,
+    cache: Cache,
     stop: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> IngestQueue {
@@ -108,7 +110,14 @@ pub fn start(
     let rx = Arc::new(Mutex::new(rx));
     let months = Arc::new(RwLock::new(HashSet::new()));
     for i in 0..cfg.writers {
-        let w = Writer { pool: pool.clone(), rx: rx.clone(), months: months.clone(), cfg: cfg.clone() };
+        let w = Writer {
+            pool: pool.clone(),
+            rx: rx.clone(),
+            months: months.clone(),
+            cfg: cfg.clone(),
+            cache: cache.clone(),
+            shard: i as i16,
+        };
         tracker.spawn(w.run_until_stopped(i, stop.clone()));
     }
     IngestQueue { tx, permits: Arc::new(Semaphore::new(cfg.capacity)), capacity: cfg.capacity }
@@ -120,6 +129,10 @@ struct Writer {
     /// Months whose partition is known to exist, so the hot path does no catalog lookups.
     months: Arc<RwLock<HashSet<Month>>>,
     cfg: WriterConfig,
+    /// Told which apps each commit changed, before any of its events is acknowledged.
+    cache: Cache,
+    /// This writer's rollup shard: concurrent writers never contend on the same rollup rows.
+    shard: i16,
 }
 
 /// Whole-flush retries for transient conflicts (deadlock, serialisation) and a vanished partition.
@@ -208,8 +221,10 @@ impl Writer {
         self.ensure_months(rows).await?;
         let mut client = self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
         let tx = client.transaction().await?;
-        let fresh = store_batch(&tx, rows).await?;
+        let fresh = store_batch(&tx, rows, self.shard).await?;
         tx.commit().await?;
+        // One generation bump per app per flush; Redis is updated in the background.
+        self.cache.invalidate_apps(rows.iter().map(|r| r.app_id));
         Ok(fresh)
     }
 

@@ -261,3 +261,43 @@ pub fn start_binary(db_name: &str, extra_env: &[(&str, &str)]) -> (std::process:
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
+
+/// A further server on an existing test database (another instance of the same deployment). It does
+/// not own the database: dropping it only stops the server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    /// The instance's analytics cache (its counters).
+    pub cache: strata::cache::Cache,
+    stop: CancellationToken,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+/// Starts another server on `db_name` (e.g. a [`TestApp`]'s) with settings `adjust` may change.
+pub async fn spawn_server_on(db_name: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    init_logs();
+    let mut cfg = test_config(db_name);
+    adjust(&mut cfg);
+    cfg.validate().expect("test config is valid");
+    let application = Application::build(cfg).await.expect("server builds");
+    let addr = application.local_addr();
+    let cache = application.cache().clone();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(async move {
+        application.run_until_stopped(stopped.cancelled_owned()).await.expect("server runs");
+    });
+    TestServer { addr, http: reqwest::Client::new(), cache, stop, _server: server }
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

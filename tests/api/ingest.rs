@@ -125,7 +125,8 @@ async fn batch_round_trip_stores_every_event_and_its_rollups() {
             "WITH raw AS (SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour, event_type, \
                  count(*) FILTER (WHERE extract(minute FROM created_at AT TIME ZONE 'UTC') < 15) AS q0, count(*) AS n \
                FROM events GROUP BY 1, 2) \
-             SELECT count(*) FROM raw FULL JOIN rollup_hourly r USING (hour, event_type) \
+             , r AS (SELECT hour, event_type, sum(events) AS events, sum(q0) AS q0 FROM rollup_hourly GROUP BY 1, 2) \
+             SELECT count(*) FROM raw FULL JOIN r USING (hour, event_type) \
              WHERE raw.n IS DISTINCT FROM r.events OR raw.q0 IS DISTINCT FROM r.q0",
             &[],
         )

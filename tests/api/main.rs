@@ -1,6 +1,8 @@
 //! Integration tests: the real server on port 0, real PostgreSQL, one database per test.
 
+mod accounts;
 mod analytics;
+mod cache;
 mod helpers;
 mod ingest;
 mod lifecycle;

@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::helpers::{connect, create_test_database, start_binary, KEY_SECRET};
 
-const FAMILIES: [&str; 16] = [
+const FAMILIES: [&str; 17] = [
+    "strata_ingest_rejected_total",
     "strata_http_requests_total",
     "strata_http_request_duration_seconds",
     "strata_http_requests_in_flight",
@@ -76,6 +77,7 @@ async fn metrics_expose_every_family_and_count_the_workload_exactly() {
     assert_eq!(s[r#"strata_ingest_events_total{result="accepted"}"#], 4.0);
     assert_eq!(s[r#"strata_ingest_events_total{result="rejected"}"#], 1.0);
     assert_eq!(s[r#"strata_ingest_events_total{result="duplicate"}"#], 1.0);
+    assert_eq!(s[r#"strata_ingest_rejected_total{reason="missing_event_type"}"#], 1.0);
     assert_eq!(s[r#"strata_http_requests_total{route="/api/events/track",method="POST",status="201"}"#], 3.0);
     assert_eq!(s[r#"strata_http_requests_total{route="/api/events/track/batch",method="POST",status="207"}"#], 1.0);
     // Route labels are templates, never raw paths.

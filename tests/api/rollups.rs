@@ -7,11 +7,19 @@ use crate::helpers::spawn_app;
 
 async fn snapshot(db: &tokio_postgres::Client) -> (Vec<String>, Vec<String>) {
     let hourly = db
-        .query("SELECT format('%s %s %s %s %s %s %s %s', app_id, hour, event_type, events, q0, q1, q2, q3) FROM rollup_hourly ORDER BY 1", &[])
+        .query(
+            "SELECT format('%s %s %s %s %s %s %s %s', app_id, hour, event_type, sum(events), sum(q0), sum(q1), sum(q2), sum(q3)) \
+             FROM rollup_hourly GROUP BY app_id, hour, event_type ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap();
     let dims = db
-        .query("SELECT format('%s %s %s %s %s %s', app_id, hour, event_type, dim, value, events) FROM rollup_hourly_dims ORDER BY 1", &[])
+        .query(
+            "SELECT format('%s %s %s %s %s %s', app_id, hour, event_type, dim, value, sum(events)) \
+             FROM rollup_hourly_dims GROUP BY app_id, hour, event_type, dim, value ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap();
     (hourly.iter().map(|r| r.get(0)).collect(), dims.iter().map(|r| r.get(0)).collect())

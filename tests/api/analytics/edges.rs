@@ -91,7 +91,9 @@ async fn a_range_crossing_a_partition_boundary_is_exact_in_whole_and_half_hour_z
 
 #[tokio::test]
 async fn rollups_of_a_month_missing_from_rollup_months_are_not_read() {
-    let app = spawn_app().await;
+    // Rows and rollup_months are changed by hand, behind the writer's back: the analytics cache
+    // would rightly serve the earlier answer for up to the freshness period, so it is off here.
+    let app = crate::helpers::spawn_app_with(|c| c.cache_mode = strata::config::CacheMode::Off).await;
     let m = month_start(month_start(Utc::now()) - Duration::days(1));
     let evs: Vec<Value> = (0..3).map(|i| event("click", m + Duration::hours(30 + i), None, None, None)).collect();
     post_events(&app, &app.api_key, &evs).await;

@@ -1,0 +1,159 @@
+//! The shared tier: Redis, configured `maxmemory-policy allkeys-lru`, reached through a
+//! [`ConnectionManager`] created lazily (the server starts without Redis) that reconnects by
+//! itself. Every command runs under a short timeout; a failure is counted and the caller goes on
+//! without Redis.
+//!
+//! Keys (all under the configured prefix):
+//! - `{prefix}gen:{app}`: the app's generation, an integer. When LRU evicted it, the next reader
+//!   sets a random 62-bit epoch (`SET NX`), so entries stored under older generations stay
+//!   unreachable: a missing counter never brings old answers back.
+//! - `{prefix}v1:{app}:{gen}:{query}`: a serialised answer, with the TTL of its class.
+//! - `{prefix}bus`: the pub/sub channel of invalidations ([`super::bus`]).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use uuid::Uuid;
+
+use super::keys::QueryKey;
+
+/// Reads the app's generation (setting a fresh epoch when it is missing) and the answer stored
+/// under it, in one round trip. KEYS[1] = generation key; ARGV = epoch, answer-key prefix and
+/// suffix, generation lifetime (s). Returns `{gen}` or `{gen, answer}`.
+const LOOKUP: &str = "local g = redis.call('GET', KEYS[1]) \
+    if not g then redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4]) g = redis.call('GET', KEYS[1]) end \
+    return {g, redis.call('GET', ARGV[2] .. g .. ARGV[3])}";
+
+/// Bumps the app's generation (a fresh epoch when missing: `INCR` would restart at 1 and could
+/// revive old entries) and publishes the invalidation. KEYS[1] = generation key; ARGV = epoch,
+/// channel, message, generation lifetime (s).
+const BUMP: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) \
+    else redis.call('INCR', KEYS[1]) end \
+    redis.call('EXPIRE', KEYS[1], ARGV[4]) \
+    return redis.call('PUBLISH', ARGV[2], ARGV[3])";
+
+/// Retries of one command inside the connection manager: the request's timeout bounds them anyway.
+const CONNECT_RETRIES: usize = 1;
+
+/// Why Redis did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum L2Error {
+    /// The command failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the configured timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The answer had an unexpected shape.
+    #[error("unexpected redis reply")]
+    Reply,
+}
+
+/// An answer looked up in Redis.
+#[derive(Debug)]
+pub struct Lookup {
+    /// The generation it was looked up under (store a computed answer under it).
+    pub gen: String,
+    /// The stored answer, if any.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The Redis tier.
+#[derive(Clone)]
+pub struct L2 {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    /// Lifetime of a generation key: longer than any answer's, so that expiry (like eviction) only
+    /// costs misses; refreshed by every bump.
+    gen_ttl: Duration,
+}
+
+impl L2 {
+    /// A tier for `url` (no connection is made yet).
+    pub fn new(url: &str, prefix: &str, timeout: Duration, gen_ttl: Duration) -> Result<L2, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)?;
+        Ok(L2 { client, conn, prefix: prefix.to_owned(), timeout, gen_ttl })
+    }
+
+    /// The client, for the pub/sub connection.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The invalidation channel.
+    pub fn channel(&self) -> String {
+        format!("{}bus", self.prefix)
+    }
+
+    fn gen_key(&self, app: Uuid) -> String {
+        format!("{}gen:{app}", self.prefix)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, L2Error> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(L2Error::Timeout(self.timeout)),
+        }
+    }
+
+    /// The app's generation and the answer stored for `key` under it.
+    pub async fn lookup(&self, key: &QueryKey) -> Result<Lookup, L2Error> {
+        let full = key.l2_key(&self.prefix, "\u{0}");
+        let (head, tail) = full.split_once('\u{0}').ok_or(L2Error::Reply)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LOOKUP).arg(1).arg(self.gen_key(key.app)).arg(epoch()).arg(head).arg(tail).arg(self.gen_ttl_secs());
+        let mut parts: Vec<Vec<u8>> = self.run(&cmd).await?;
+        if parts.is_empty() || parts.len() > 2 {
+            return Err(L2Error::Reply);
+        }
+        let value = if parts.len() == 2 { parts.pop() } else { None };
+        let gen = String::from_utf8(parts.pop().ok_or(L2Error::Reply)?).map_err(|_| L2Error::Reply)?;
+        Ok(Lookup { gen, value })
+    }
+
+    /// Stores `value` for `key` under `gen` for `ttl`.
+    pub async fn store(&self, key: &QueryKey, gen: &str, value: &[u8], ttl: Duration) -> Result<(), L2Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key.l2_key(&self.prefix, gen)).arg(value).arg("EX").arg(ttl.as_secs().max(1));
+        self.run::<()>(&cmd).await
+    }
+
+    /// Bumps `app`'s generation and publishes `message` on the bus.
+    pub async fn bump(&self, app: Uuid, message: &str) -> Result<(), L2Error> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(BUMP)
+            .arg(1)
+            .arg(self.gen_key(app))
+            .arg(epoch())
+            .arg(self.channel())
+            .arg(message)
+            .arg(self.gen_ttl_secs());
+        self.run::<i64>(&cmd).await.map(|_| ())
+    }
+
+    fn gen_ttl_secs(&self) -> u64 {
+        self.gen_ttl.as_secs().max(1)
+    }
+
+    /// Redis's `maxmemory-policy`.
+    pub async fn maxmemory_policy(&self) -> Result<String, L2Error> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let reply: Vec<String> = self.run(&cmd).await?;
+        reply.into_iter().nth(1).ok_or(L2Error::Reply)
+    }
+}
+
+/// A random generation epoch: far from any counter an app reached before, with room to `INCR`.
+fn epoch() -> u64 {
+    rand::random::<u64>() >> 2
+}

@@ -1,0 +1,344 @@
+//! The analytics cache: two tiers behind one facade, [`Cache::get_or_compute`].
+//!
+//! - L1 ([`moka`]): in process, bounded by the bytes of the serialised answers, entries live at most
+//!   the freshness period F. Identical concurrent misses are coalesced (single flight): one of them
+//!   looks in L2 and computes, the others wait for its answer.
+//! - L2 ([`l2`]): Redis shared by all instances, TTL by class ([`keys::TtlClass`]). Optional: absent,
+//!   down or slow Redis is counted in `strata_redis_errors_total` and skipped.
+//!
+//! # Freshness contract
+//! An acknowledged event shows in every query whose range covers it within F (`STRATA_FRESHNESS`,
+//! default 5 s). After each commit the writer calls [`Cache::invalidate_apps`] once per app of the
+//! flush, before acknowledging: the app's local generation (part of every L1 key) is bumped at once;
+//! its Redis generation (part of every L2 key) is bumped and the bump published on the bus
+//! ([`bus`]), so other instances drop their L1 entries within a second. Late events invalidate the
+//! same way. If Redis loses a bump or the bus, L1 entries still expire within F, and a missing Redis
+//! generation (evicted by LRU) restarts at a random epoch, never at an old value. No key is ever
+//! scanned.
+//!
+//! Authorisation runs in the handlers before any lookup; keys are built from validated, normalised
+//! queries ([`keys`]).
+
+pub mod bus;
+pub mod keys;
+pub mod l2;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::query::Source;
+pub use keys::{QueryKey, TtlClass};
+use l2::L2;
+
+/// Which tier answered, reported as `meta.cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tier {
+    /// The in-process cache.
+    L1,
+    /// Redis.
+    L2,
+    /// Neither: computed from the database.
+    #[default]
+    Miss,
+}
+
+impl Tier {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+            Tier::Miss => "miss",
+        }
+    }
+}
+
+/// A cached answer: the response's `data` and `meta.source`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cached {
+    /// The response data.
+    pub data: Value,
+    /// `meta.source`.
+    pub source: String,
+    /// Where this copy came from when it entered L1.
+    #[serde(skip)]
+    origin: Tier,
+    /// Serialised size (the L1 weight).
+    #[serde(skip)]
+    bytes: u32,
+}
+
+/// An answer and the tier that gave it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The answer.
+    pub value: Arc<Cached>,
+    /// Who answered.
+    pub tier: Tier,
+}
+
+/// The cache facade (cheap to clone).
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+/// State shared by the facade, the writer hook and the bus listener.
+pub struct Inner {
+    l1: Option<moka::future::Cache<String, Arc<Cached>>>,
+    l2: Option<L2>,
+    /// Per-app local generations: part of every L1 key, bumped by local commits and bus messages.
+    /// A plain mutex: held for a map lookup only, never across an await.
+    gens: Mutex<HashMap<Uuid, u64>>,
+    /// Identifies this process on the bus, so it ignores its own messages.
+    instance: Uuid,
+    freshness: Duration,
+    ttl_recent: Duration,
+    ttl_closed: Duration,
+    /// Answers computed from the database (for tests and benchmarks).
+    computations: AtomicU64,
+    /// True while the bus subscription is live.
+    bus_connected: AtomicBool,
+    /// Apps whose Redis generation bump failed: retried by [`retry_bumps_loop`] until Redis takes
+    /// them, so a lost bump cannot leave old L2 answers reachable for their whole TTL.
+    pending_bumps: Mutex<HashSet<Uuid>>,
+}
+
+/// Wait between retries of failed generation bumps.
+const BUMP_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+impl Cache {
+    /// The cache of `cfg`; with Redis configured, spawns the bus listener and the policy check.
+    pub fn start(cfg: &Config, stop: CancellationToken, tracker: &TaskTracker) -> Cache {
+        let l1 = cfg.cache_mode.l1().then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(cfg.l1_max_bytes)
+                .weigher(|k: &String, v: &Arc<Cached>| (k.len() as u32).saturating_add(v.bytes))
+                .time_to_live(cfg.freshness)
+                .eviction_listener(|_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        counter!("strata_cache_evictions_total", "tier" => "l1").increment(1);
+                    }
+                })
+                .build()
+        });
+        let l2 = match (&cfg.redis_url, cfg.cache_mode.l2()) {
+            (Some(url), true) => match L2::new(url, &cfg.redis_prefix, cfg.redis_timeout, gen_ttl(cfg)) {
+                Ok(l2) => Some(l2),
+                Err(e) => {
+                    tracing::warn!(error = %e, "REDIS_URL is unusable; caching in process only");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let inner = Arc::new(Inner {
+            l1,
+            l2,
+            gens: Mutex::new(HashMap::new()),
+            instance: Uuid::new_v4(),
+            freshness: cfg.freshness,
+            ttl_recent: cfg.cache_ttl_recent,
+            ttl_closed: cfg.cache_ttl_closed,
+            computations: AtomicU64::new(0),
+            bus_connected: AtomicBool::new(false),
+            pending_bumps: Mutex::new(HashSet::new()),
+        });
+        gauge!("strata_cache_l1_weighted_bytes").set(0.0);
+        counter!("strata_cache_evictions_total", "tier" => "l1").absolute(0);
+        if let Some(l2) = inner.l2.clone() {
+            tracker.spawn(bus::listen_loop(l2.client().clone(), l2.channel(), Arc::downgrade(&inner), stop.clone()));
+            tracker.spawn(retry_bumps_loop(Arc::downgrade(&inner), stop));
+            tracker.spawn(warn_unless_lru(l2));
+        }
+        Cache { inner }
+    }
+
+    /// The freshness bound F.
+    pub fn freshness(&self) -> Duration {
+        self.inner.freshness
+    }
+
+    /// Answers computed from the database so far (single flight makes identical misses count once).
+    pub fn computations(&self) -> u64 {
+        self.inner.computations.load(Ordering::Relaxed)
+    }
+
+    /// True while this instance is subscribed to the invalidation bus.
+    pub fn bus_connected(&self) -> bool {
+        self.inner.bus_connected.load(Ordering::Acquire)
+    }
+
+    /// The answer for `key`: from L1, else L2 (filling L1), else `compute` (filling both).
+    pub async fn get_or_compute<E, F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Hit, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Value, Source), E>>,
+        E: Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        let Some(l1) = &inner.l1 else {
+            let value = inner.fill(key, compute).await.map_err(Arc::new)?;
+            return Ok(Hit { tier: value.origin, value });
+        };
+        let entry = l1.entry(key.l1_key(inner.local_gen(key.app))).or_try_insert_with(inner.fill(key, compute)).await?;
+        let tier = if entry.is_fresh() { entry.value().origin } else { Tier::L1 };
+        counter!("strata_cache_requests_total", "tier" => "l1", "result" => if tier == Tier::L1 { "hit" } else { "miss" })
+            .increment(1);
+        if entry.is_fresh() {
+            gauge!("strata_cache_l1_weighted_bytes").set(l1.weighted_size() as f64);
+        }
+        Ok(Hit { value: entry.into_value(), tier })
+    }
+
+    /// Marks the data of `apps` changed (call after a commit, once per app): local L1 entries become
+    /// unreachable at once; Redis generations are bumped and other instances told, in the background.
+    pub fn invalidate_apps(&self, apps: impl IntoIterator<Item = Uuid>) {
+        let mut changed: Vec<Uuid> = apps.into_iter().collect();
+        changed.sort_unstable();
+        changed.dedup();
+        for &app in &changed {
+            self.inner.bump_local(app);
+        }
+        if self.inner.l2.is_none() {
+            return;
+        }
+        // In the background: the writer never waits for Redis.
+        tokio::spawn(self.inner.clone().bump_remote(changed));
+    }
+}
+
+impl Inner {
+    fn local_gen(&self, app: Uuid) -> u64 {
+        *self.gens.lock().expect("gens lock").get(&app).unwrap_or(&0)
+    }
+
+    fn bump_local(&self, app: Uuid) {
+        *self.gens.lock().expect("gens lock").entry(app).or_insert(0) += 1;
+    }
+
+    /// Bumps the Redis generations of `apps` and tells the other instances; failures are retried.
+    async fn bump_remote(self: Arc<Self>, apps: Vec<Uuid>) {
+        let Some(l2) = &self.l2 else { return };
+        for app in apps {
+            if let Err(e) = l2.bump(app, &bus::generation_message(app, self.instance)).await {
+                counter!("strata_redis_errors_total").increment(1);
+                tracing::debug!(error = %e, %app, "could not bump the app's cache generation; will retry");
+                self.pending_bumps.lock().expect("pending lock").insert(app);
+            }
+        }
+    }
+
+    fn l1_clear(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.invalidate_all();
+        }
+    }
+
+    /// A bus message from another instance.
+    fn apply_message(&self, text: &str) {
+        if let Some((app, instance)) = bus::parse_generation(text) {
+            if instance != self.instance {
+                self.bump_local(app);
+            }
+        }
+    }
+
+    /// L2, else the database (storing the answer in L2).
+    async fn fill<E, F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Arc<Cached>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Value, Source), E>>,
+    {
+        let mut gen = None;
+        if let Some(l2) = &self.l2 {
+            match l2.lookup(key).await {
+                Ok(found) => {
+                    if let Some(c) = found.value.as_deref().and_then(|b| decode(b, Tier::L2)) {
+                        counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit").increment(1);
+                        return Ok(Arc::new(c));
+                    }
+                    counter!("strata_cache_requests_total", "tier" => "l2", "result" => "miss").increment(1);
+                    gen = Some(found.gen);
+                }
+                Err(e) => {
+                    counter!("strata_redis_errors_total").increment(1);
+                    tracing::debug!(error = %e, "redis lookup failed; computing");
+                }
+            }
+        }
+        self.computations.fetch_add(1, Ordering::Relaxed);
+        let (data, source) = compute().await?;
+        let mut cached = Cached { data, source: source.as_str().to_owned(), origin: Tier::Miss, bytes: 0 };
+        let bytes = serde_json::to_vec(&cached).unwrap_or_default();
+        cached.bytes = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        if let (Some(l2), Some(gen)) = (self.l2.clone(), gen) {
+            let (key, ttl) = (key.clone(), self.ttl(key.class));
+            // Stored under the generation read before computing: if a commit bumped it meanwhile,
+            // this answer is unreachable, as it should be.
+            tokio::spawn(async move {
+                if let Err(e) = l2.store(&key, &gen, &bytes, ttl).await {
+                    counter!("strata_redis_errors_total").increment(1);
+                    tracing::debug!(error = %e, "redis store failed");
+                }
+            });
+        }
+        Ok(Arc::new(cached))
+    }
+
+    fn ttl(&self, class: TtlClass) -> Duration {
+        match class {
+            TtlClass::Recent => self.ttl_recent,
+            TtlClass::Closed => self.ttl_closed,
+        }
+    }
+}
+
+fn decode(bytes: &[u8], origin: Tier) -> Option<Cached> {
+    let mut c: Cached = serde_json::from_slice(bytes).ok()?;
+    c.origin = origin;
+    c.bytes = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    Some(c)
+}
+
+/// Generation keys outlive every answer stored under them.
+fn gen_ttl(cfg: &Config) -> Duration {
+    cfg.cache_ttl_recent.max(cfg.cache_ttl_closed).saturating_mul(2)
+}
+
+/// Retries failed generation bumps until they succeed, `stop` is cancelled or the cache is gone.
+async fn retry_bumps_loop(cache: Weak<Inner>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(BUMP_RETRY_DELAY) => {}
+        }
+        let Some(inner) = cache.upgrade() else { return };
+        let apps: Vec<Uuid> = inner.pending_bumps.lock().expect("pending lock").drain().collect();
+        if !apps.is_empty() {
+            inner.bump_remote(apps).await;
+        }
+    }
+}
+
+/// Warns once at start when Redis would not evict like a cache.
+async fn warn_unless_lru(l2: L2) {
+    match l2.maxmemory_policy().await {
+        Ok(policy) if policy != "allkeys-lru" => {
+            tracing::warn!(%policy, "Redis maxmemory-policy is not allkeys-lru; cache entries may fill it up");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "could not read Redis maxmemory-policy"),
+    }
+}

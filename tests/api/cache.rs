@@ -1,0 +1,309 @@
+//! The analytics cache: hit sequence (miss → l1 → l2 on another instance), freshness after ingest,
+//! late events, cross-instance invalidation over the bus, Redis absent or killed mid-test, and
+//! single flight of identical misses.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as Span, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use strata::config::{CacheMode, Config};
+use uuid::Uuid;
+
+use crate::helpers::{reply, spawn_app_with, spawn_server_on, Reply, TestApp, ADMIN_TOKEN};
+
+const TEST_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// Redis on, with a prefix no other test uses.
+fn with_redis(prefix: &str) -> impl Fn(&mut Config) + '_ {
+    move |c: &mut Config| {
+        c.redis_url = Some(TEST_REDIS.into());
+        c.redis_prefix = prefix.to_owned();
+        // Generous: a loaded test machine must not turn hits into timeouts.
+        c.redis_timeout = Duration::from_millis(500);
+    }
+}
+
+fn unique_prefix() -> String {
+    format!("test:{}:", Uuid::new_v4())
+}
+
+fn at(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+async fn get(http: &reqwest::Client, url: String, query: &[(&str, String)]) -> Reply {
+    reply(http.get(url).query(query).bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await
+}
+
+/// A closed ten-day range ending three days ago, by day.
+fn closed_range(app: Uuid) -> Vec<(&'static str, String)> {
+    let end = Utc::now().date_naive() - chrono::Days::new(3);
+    let start = end - chrono::Days::new(10);
+    vec![
+        ("appId", app.to_string()),
+        ("startDate", start.to_string()),
+        ("endDate", end.to_string()),
+        ("interval", "day".into()),
+    ]
+}
+
+fn event_at(t: DateTime<Utc>) -> Value {
+    json!({"eventType": "page_view", "userId": "u-1", "timestamp": at(t)})
+}
+
+fn total(r: &Reply) -> i64 {
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["data"].as_array().unwrap().iter().map(|b| b["eventCount"].as_i64().unwrap()).sum()
+}
+
+fn tier(r: &Reply) -> &str {
+    r.body["meta"]["cache"].as_str().unwrap()
+}
+
+async fn timeline(app: &TestApp, query: &[(&str, String)]) -> Reply {
+    get(&app.http, app.url("/api/analytics/events/timeline"), query).await
+}
+
+async fn seed(app: &TestApp) {
+    let t = Utc::now() - Span::days(8);
+    let r = app.post_batch(&[event_at(t), event_at(t + Span::hours(1))]).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_repeated_query_is_a_miss_then_an_l1_hit_with_the_same_answer() {
+    let prefix = unique_prefix();
+    let app = spawn_app_with(with_redis(&prefix)).await;
+    seed(&app).await;
+    let q = closed_range(app.app_id);
+
+    let first = timeline(&app, &q).await;
+    let second = timeline(&app, &q).await;
+
+    assert_eq!((tier(&first), first.body["cached"].clone()), ("miss", json!(false)));
+    assert_eq!((tier(&second), second.body["cached"].clone()), ("l1", json!(true)));
+    assert_eq!(first.body["data"], second.body["data"]);
+    assert_eq!(total(&second), 2);
+}
+
+#[tokio::test]
+async fn another_instance_sharing_redis_answers_from_l2() {
+    let prefix = unique_prefix();
+    let app = spawn_app_with(with_redis(&prefix)).await;
+    seed(&app).await;
+    let q = closed_range(app.app_id);
+    let first = timeline(&app, &q).await;
+    assert_eq!(tier(&first), "miss");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the L2 fill is asynchronous
+
+    let other = spawn_server_on(&app.db_name, with_redis(&prefix)).await;
+    let from_other = get(&other.http, other.url("/api/analytics/events/timeline"), &q).await;
+
+    assert_eq!(tier(&from_other), "l2", "{}", from_other.body);
+    assert_eq!(from_other.body["cached"], json!(true));
+    assert_eq!(from_other.body["data"], first.body["data"]);
+    assert_eq!(other.cache.computations(), 0);
+}
+
+#[tokio::test]
+async fn an_ingested_event_shows_in_the_next_query_within_the_freshness_period() {
+    let prefix = unique_prefix();
+    let app = spawn_app_with(with_redis(&prefix)).await;
+    let q = vec![("appId", app.app_id.to_string()), ("interval", "hour".into())];
+    assert_eq!(total(&timeline(&app, &q).await), 0);
+    assert_eq!(total(&timeline(&app, &q).await), 0);
+
+    let r = app.track(&event_at(Utc::now() - Span::seconds(2))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let after = timeline(&app, &q).await;
+
+    assert_eq!(total(&after), 1);
+    assert_eq!(tier(&after), "miss");
+}
+
+#[tokio::test]
+async fn a_late_event_invalidates_the_closed_range_holding_its_bucket() {
+    let prefix = unique_prefix();
+    let app = spawn_app_with(with_redis(&prefix)).await;
+    seed(&app).await;
+    let q = closed_range(app.app_id);
+    assert_eq!(total(&timeline(&app, &q).await), 2);
+    assert_eq!(tier(&timeline(&app, &q).await), "l1");
+
+    let r = app.track(&event_at(Utc::now() - Span::days(9))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let after = timeline(&app, &q).await;
+
+    assert_eq!(total(&after), 3);
+    assert_eq!(tier(&after), "miss");
+}
+
+#[tokio::test]
+async fn an_invalidation_on_one_instance_evicts_the_other_instances_l1_within_a_second() {
+    let prefix = unique_prefix();
+    // A long freshness period: only the bus can explain a prompt eviction.
+    let long = |c: &mut Config| {
+        with_redis(&prefix)(c);
+        c.freshness = Duration::from_secs(60);
+    };
+    let a = spawn_app_with(long).await;
+    seed(&a).await;
+    let b = spawn_server_on(&a.db_name, long).await;
+    for _ in 0..100 {
+        if b.cache.bus_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.cache.bus_connected(), "instance B subscribed to the bus");
+    let q = closed_range(a.app_id);
+    let url = b.url("/api/analytics/events/timeline");
+    get(&b.http, url.clone(), &q).await;
+    assert_eq!(tier(&get(&b.http, url.clone(), &q).await), "l1");
+
+    let r = a.track(&event_at(Utc::now() - Span::days(9))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let started = std::time::Instant::now();
+    let mut seen = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        seen = total(&get(&b.http, url.clone(), &q).await);
+        if seen == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(seen, 3, "instance B saw the event within a second");
+}
+
+#[tokio::test]
+async fn without_redis_queries_are_answered_correctly_from_l1_and_the_database() {
+    let app = spawn_app_with(|c| {
+        c.redis_url = Some("redis://127.0.0.1:1".into());
+        c.redis_prefix = unique_prefix();
+    })
+    .await;
+    seed(&app).await;
+    let q = closed_range(app.app_id);
+
+    let first = timeline(&app, &q).await;
+    let second = timeline(&app, &q).await;
+    app.track(&event_at(Utc::now() - Span::days(9))).await;
+    let third = timeline(&app, &q).await;
+
+    assert_eq!((tier(&first), total(&first)), ("miss", 2));
+    assert_eq!((tier(&second), total(&second)), ("l1", 2));
+    assert_eq!((tier(&third), total(&third)), ("miss", 3));
+}
+
+#[tokio::test]
+async fn queries_stay_correct_when_redis_dies_mid_test() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        eprintln!("redis-server not installed; skipped");
+        return;
+    };
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.redis_url = Some(url.clone());
+        c.redis_prefix = unique_prefix();
+    })
+    .await;
+    seed(&app).await;
+    let q = closed_range(app.app_id);
+    assert_eq!(tier(&timeline(&app, &q).await), "miss");
+
+    redis.kill();
+    app.track(&event_at(Utc::now() - Span::days(9))).await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r = timeline(&app, &q).await;
+        answers.push((tier(&r).to_owned(), total(&r)));
+    }
+
+    assert_eq!(answers, [("miss".to_owned(), 3), ("l1".to_owned(), 3), ("l1".to_owned(), 3)]);
+}
+
+#[tokio::test]
+async fn identical_concurrent_misses_compute_once() {
+    let app = spawn_app_with(|_| {}).await;
+    seed(&app).await;
+    let server = spawn_server_on(&app.db_name, |c| c.cache_mode = CacheMode::L1).await;
+    let q = closed_range(app.app_id);
+    let url = server.url("/api/analytics/events/timeline");
+
+    let answers = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
+
+    assert!(answers.iter().all(|r| total(r) == 2));
+    assert_eq!(server.cache.computations(), 1);
+}
+
+#[tokio::test]
+async fn with_the_cache_off_every_query_is_a_miss() {
+    let app = spawn_app_with(|c| c.cache_mode = CacheMode::Off).await;
+    let q = closed_range(app.app_id);
+    for _ in 0..2 {
+        assert_eq!(tier(&timeline(&app, &q).await), "miss");
+    }
+}
+
+/// A redis-server of this test alone, on a free port, killed on drop.
+struct PrivateRedis {
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(PrivateRedis { child: Some(child), port });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn one_apps_user_activity_is_cached_and_refreshed_by_ingest() {
+    let prefix = unique_prefix();
+    let app = spawn_app_with(with_redis(&prefix)).await;
+    seed(&app).await;
+    let url = app.url("/api/analytics/users/u-1");
+    let q = [("appId", app.app_id.to_string())];
+    let events = |r: &Reply| r.body["data"]["summary"]["totalEvents"].as_i64().unwrap();
+
+    let first = get(&app.http, url.clone(), &q).await;
+    let second = get(&app.http, url.clone(), &q).await;
+    app.track(&event_at(Utc::now() - Span::days(1))).await;
+    let third = get(&app.http, url.clone(), &q).await;
+    let all_apps = get(&app.http, url.clone(), &[]).await;
+
+    assert_eq!((tier(&first), events(&first)), ("miss", 2));
+    assert_eq!((tier(&second), events(&second)), ("l1", 2));
+    assert_eq!((tier(&third), events(&third)), ("miss", 3));
+    assert_eq!((tier(&all_apps), events(&all_apps)), ("miss", 3));
+}
