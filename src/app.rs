@@ -63,6 +63,12 @@ impl Application {
         let cache = Cache::start(&cfg, background_stop.clone(), &tracker);
         let queue = writer::start(pool.clone(), writer_cfg, cache.clone(), background_stop.clone(), &tracker);
         let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), cfg.key_cache_ttl);
+        // Keys revoked on other instances leave this one's key cache at once (over the cache bus).
+        let revoked = keys.clone();
+        cache.on_key_revoked(Box::new(move |hash| {
+            let keys = revoked.clone();
+            tokio::spawn(async move { keys.evict(&hash).await });
+        }));
         tracker.spawn(keys.clone().usage_flush_loop(cfg.usage_flush_interval, background_stop.clone()));
         crate::jobs::publish_policy(&pool, &cfg).await.context("publishing the partition policy")?;
         tracker.spawn(crate::jobs::maintenance_loop(

@@ -1,7 +1,7 @@
 //! The invalidation bus: one Redis pub/sub channel (`{prefix}bus`) shared by every instance.
 //! Messages are `gen:{app}:{instance}`: the app's data changed on `instance`; every other instance
-//! bumps its local generation of the app, which drops its L1 entries for it. The accounts issue
-//! reuses the channel for key revocation (other message kinds are ignored here).
+//! bumps its local generation of the app, which drops its L1 entries for it. `key:{hash hex}:{instance}`
+//! announces a revoked API key: every other instance evicts it from its key cache at once.
 //!
 //! [`listen_loop`] subscribes at start and after any disconnect (waiting [`RECONNECT_DELAY`]); on
 //! each (re)subscription it drops all of L1, since messages may have been missed meanwhile.
@@ -78,6 +78,18 @@ async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<
     }
 }
 
+/// The bus message announcing that the key whose HMAC is `hash` was revoked on `instance`.
+pub fn key_message(hash: &[u8], instance: Uuid) -> String {
+    format!("key:{}:{instance}", hex::encode(hash))
+}
+
+/// `(key hash, instance)` of a key revocation message.
+pub fn parse_key(text: &str) -> Option<(Vec<u8>, Uuid)> {
+    let rest = text.strip_prefix("key:")?;
+    let (hash, instance) = rest.split_once(':')?;
+    Some((hex::decode(hash).ok()?, instance.parse().ok()?))
+}
+
 /// `(app, instance)` of a generation message.
 pub fn parse_generation(text: &str) -> Option<(Uuid, Uuid)> {
     let rest = text.strip_prefix("gen:")?;
@@ -95,5 +107,9 @@ mod tests {
         assert_eq!(parse_generation(&generation_message(app, instance)), Some((app, instance)));
         assert_eq!(parse_generation("key:revoked:123"), None);
         assert_eq!(parse_generation("gen:not-a-uuid:x"), None);
+        let hash = vec![0xab, 0x01, 0xff];
+        assert_eq!(parse_key(&key_message(&hash, instance)), Some((hash, instance)));
+        assert_eq!(parse_key(&generation_message(app, instance)), None);
+        assert_eq!(parse_key("key:zz:x"), None);
     }
 }

@@ -140,6 +140,13 @@ impl L2 {
         self.run::<i64>(&cmd).await.map(|_| ())
     }
 
+    /// Publishes `message` on the bus.
+    pub async fn publish(&self, message: &str) -> Result<(), L2Error> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(message);
+        self.run::<i64>(&cmd).await.map(|_| ())
+    }
+
     fn gen_ttl_secs(&self) -> u64 {
         self.gen_ttl.as_secs().max(1)
     }

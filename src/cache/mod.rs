@@ -113,7 +113,12 @@ pub struct Inner {
     /// Apps whose Redis generation bump failed: retried by [`retry_bumps_loop`] until Redis takes
     /// them, so a lost bump cannot leave old L2 answers reachable for their whole TTL.
     pending_bumps: Mutex<HashSet<Uuid>>,
+    /// Called with the hash of each API key another instance revoked (set once at start-up).
+    key_revoked: std::sync::OnceLock<KeyRevokedHook>,
 }
+
+/// What an instance does when another one revokes a key: evict it from its key cache.
+pub type KeyRevokedHook = Box<dyn Fn(Vec<u8>) + Send + Sync>;
 
 /// Wait between retries of failed generation bumps.
 const BUMP_RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -154,6 +159,7 @@ impl Cache {
             computations: AtomicU64::new(0),
             bus_connected: AtomicBool::new(false),
             pending_bumps: Mutex::new(HashSet::new()),
+            key_revoked: std::sync::OnceLock::new(),
         });
         gauge!("strata_cache_l1_weighted_bytes").set(0.0);
         counter!("strata_cache_evictions_total", "tier" => "l1").absolute(0);
@@ -202,6 +208,26 @@ impl Cache {
         Ok(Hit { value: entry.into_value(), tier })
     }
 
+    /// Sets what this instance does when another one revokes a key (once, at start-up).
+    pub fn on_key_revoked(&self, hook: KeyRevokedHook) {
+        let _ = self.inner.key_revoked.set(hook);
+    }
+
+    /// Tells every other instance to evict these revoked keys from their key caches. Fire and
+    /// forget: without Redis, other instances notice within their key cache TTL (at most 30 s).
+    pub fn publish_key_revocations(&self, hashes: &[Vec<u8>]) {
+        let Some(l2) = self.inner.l2.clone() else { return };
+        let messages: Vec<String> = hashes.iter().map(|h| bus::key_message(h, self.inner.instance)).collect();
+        tokio::spawn(async move {
+            for m in messages {
+                if let Err(e) = l2.publish(&m).await {
+                    counter!("strata_redis_errors_total").increment(1);
+                    tracing::warn!(error = %e, "could not publish a key revocation");
+                }
+            }
+        });
+    }
+
     /// Marks the data of `apps` changed (call after a commit, once per app): local L1 entries become
     /// unreachable at once; Redis generations are bumped and other instances told, in the background.
     pub fn invalidate_apps(&self, apps: impl IntoIterator<Item = Uuid>) {
@@ -248,6 +274,12 @@ impl Inner {
 
     /// A bus message from another instance.
     fn apply_message(&self, text: &str) {
+        if let Some((hash, instance)) = bus::parse_key(text) {
+            if let Some(hook) = self.key_revoked.get().filter(|_| instance != self.instance) {
+                hook(hash);
+            }
+            return;
+        }
         if let Some((app, instance)) = bus::parse_generation(text) {
             if instance != self.instance {
                 self.bump_local(app);

@@ -308,6 +308,7 @@ async fn keys_revoked(s: &AppState, hashes: &[Vec<u8>]) {
     for hash in hashes {
         s.keys.evict(hash).await;
     }
+    s.cache.publish_key_revocations(hashes);
 }
 
 /// The owner behind the request's bearer token, and the token's claims; 401 for a missing, invalid,

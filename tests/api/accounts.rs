@@ -293,3 +293,48 @@ async fn auth_attempts_over_the_per_ip_limit_get_429_with_rate_limit_headers() {
         app.db.query_one("SELECT count(*) FROM owners WHERE email = 'x@example.com'", &[]).await.unwrap().get(0);
     assert_eq!(owners, 0);
 }
+
+#[tokio::test]
+async fn a_key_revoked_on_one_instance_stops_working_on_another_within_a_second() {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let redis = |c: &mut strata::config::Config| {
+        c.redis_url = Some("redis://127.0.0.1:6379".into());
+        c.redis_prefix = prefix.clone();
+        c.key_cache_ttl = std::time::Duration::from_secs(30);
+    };
+    let a = crate::helpers::spawn_app_with(redis).await;
+    let b = crate::helpers::spawn_server_on(&a.db_name, redis).await;
+    for _ in 0..100 {
+        if b.cache.bus_connected() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(b.cache.bus_connected(), "instance B never subscribed to the bus");
+    let (token, _) = register(&a, "revoker@example.com").await;
+    let app_id = new_app(&a, &token, "shop").await;
+    let created = new_key(&a, &token, &app_id).await;
+    let key = created.body["data"]["apiKey"].as_str().unwrap().to_string();
+    let key_id = created.body["data"]["id"].as_str().unwrap().to_string();
+    let track_on_b = || {
+        b.http
+            .post(format!("http://{}/api/events/track", b.addr))
+            .header("X-API-Key", &key)
+            .json(&json!({"eventType": "x"}))
+            .send()
+    };
+    // B caches the key as valid (for up to 30 s without the bus).
+    assert_eq!(track_on_b().await.unwrap().status(), 201);
+    let revoked = call(&a, Method::DELETE, &format!("/api/keys/{key_id}"), &token, None).await;
+    assert!(revoked.status < 300, "{}", revoked.body);
+    let started = std::time::Instant::now();
+    let mut status = 201;
+    while started.elapsed() < std::time::Duration::from_secs(1) {
+        status = track_on_b().await.unwrap().status().as_u16();
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 401, "instance B still accepts the revoked key after {:?}", started.elapsed());
+}
