@@ -73,6 +73,7 @@ impl Application {
         crate::jobs::publish_policy(&pool, &cfg).await.context("publishing the partition policy")?;
         tracker.spawn(crate::jobs::maintenance_loop(
             pool.clone(),
+            cache.clone(),
             cfg.maintenance_interval,
             cfg.partition_lock_timeout,
             background_stop.clone(),

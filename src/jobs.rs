@@ -11,6 +11,7 @@ use deadpool_postgres::Pool;
 use partition_jobs::{Policy, RetentionMode, RunReport, RunStatus};
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Cache;
 use crate::config::Config;
 
 /// Runner name recorded in `maintenance_runs`.
@@ -60,7 +61,13 @@ pub async fn publish_policy(pool: &Pool, cfg: &Config) -> Result<Policy, JobErro
 
 /// One maintenance run plus the rollup rebuild of any rows it moved.
 #[tracing::instrument(skip_all)]
-pub async fn run_maintenance(pool: &Pool, lock_timeout: Duration) -> Result<RunReport, JobError> {
+///
+/// With `cache`, the apps whose rollups were rebuilt are invalidated on every instance.
+pub async fn run_maintenance(
+    pool: &Pool,
+    cache: Option<&Cache>,
+    lock_timeout: Duration,
+) -> Result<RunReport, JobError> {
     let mut client = pool.get().await.map_err(|e| JobError::Pool(e.to_string()))?;
     let report = partition_jobs::run_once_as(&client, Utc::now(), lock_timeout, RUNNER).await?;
     let result = match report.status {
@@ -80,6 +87,14 @@ pub async fn run_maintenance(pool: &Pool, lock_timeout: Duration) -> Result<RunR
         for month in report.affected_months() {
             crate::rollups::mark_month_complete(&client, month).await?;
         }
+        if let Some(cache) = cache {
+            let hours: Vec<_> = hours.iter().copied().collect();
+            const APPS: &str = "SELECT DISTINCT app_id FROM events \
+                 WHERE created_at >= $1 AND created_at < $2 AND date_trunc('hour', created_at, 'UTC') = ANY($3)";
+            let (first, last) = (hours[0], hours[hours.len() - 1] + chrono::Duration::hours(1));
+            let apps = client.query(APPS, &[&first, &last, &hours]).await?;
+            cache.invalidate_apps(apps.iter().map(|r| r.get::<_, uuid::Uuid>(0)));
+        }
         tracing::info!(hours = hours.len(), "rebuilt rollups of rows moved out of the default partition");
     }
     Ok(report)
@@ -88,12 +103,13 @@ pub async fn run_maintenance(pool: &Pool, lock_timeout: Duration) -> Result<RunR
 /// [`run_maintenance`], retried while another runner holds the lock, for at most `wait`.
 pub async fn run_maintenance_waiting(
     pool: &Pool,
+    cache: Option<&Cache>,
     lock_timeout: Duration,
     wait: Duration,
 ) -> Result<RunReport, JobError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let report = run_maintenance(pool, lock_timeout).await?;
+        let report = run_maintenance(pool, cache, lock_timeout).await?;
         if report.status != RunStatus::Skipped || tokio::time::Instant::now() >= deadline {
             return Ok(report);
         }
@@ -102,9 +118,15 @@ pub async fn run_maintenance_waiting(
 }
 
 /// Runs maintenance now and every `interval` until `stop`.
-pub async fn maintenance_loop(pool: Pool, interval: Duration, lock_timeout: Duration, stop: CancellationToken) {
+pub async fn maintenance_loop(
+    pool: Pool,
+    cache: Cache,
+    interval: Duration,
+    lock_timeout: Duration,
+    stop: CancellationToken,
+) {
     loop {
-        let next = match run_maintenance(&pool, lock_timeout).await {
+        let next = match run_maintenance(&pool, Some(&cache), lock_timeout).await {
             Ok(report) => {
                 tracing::info!(status = ?report.status, actions = report.outcomes.len(), "maintenance run");
                 interval

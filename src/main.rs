@@ -189,7 +189,7 @@ async fn run_admin(command: Command, cfg: &Config) -> anyhow::Result<()> {
         Command::Partitions(PartitionsCommand::Run) => {
             let pool = db::pool(&url, cfg)?;
             let wait = std::time::Duration::from_secs(30);
-            let report = strata::jobs::run_maintenance_waiting(&pool, cfg.partition_lock_timeout, wait).await?;
+            let report = strata::jobs::run_maintenance_waiting(&pool, None, cfg.partition_lock_timeout, wait).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Rollups(RollupsCommand::Rebuild { app, from, to }) => {

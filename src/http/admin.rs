@@ -100,8 +100,11 @@ async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<V
     require_admin(&s, &headers).await?;
     // Spawned, not awaited in place: a client hanging up must not cancel a run half-way on a pooled
     // connection (it would keep the runner's session lock).
-    let (pool, timeout) = (s.pool.clone(), s.cfg.partition_lock_timeout);
-    let run = tokio::spawn(async move { crate::jobs::run_maintenance_waiting(&pool, timeout, RUN_NOW_WAIT).await });
+    let (pool, cache, timeout) = (s.pool.clone(), s.cache.clone(), s.cfg.partition_lock_timeout);
+    let run =
+        tokio::spawn(
+            async move { crate::jobs::run_maintenance_waiting(&pool, Some(&cache), timeout, RUN_NOW_WAIT).await },
+        );
     let report = run.await.map_err(job_error)?.map_err(job_error)?;
     Ok(ok(report))
 }
