@@ -14,6 +14,7 @@
 //! - [`jobs`]: the maintenance scheduler (partition-jobs under the runner lock, rollup repair).
 //! - [`query`]: analytics query planning (rollups for whole slots, raw rows for edges) and execution.
 //! - [`metrics`]: Prometheus recorder, metric names, request middleware, scrape-time gauges.
+//! - [`privacy`]: erasing one end user's events with their rollups (privacy requests).
 //! - [`rollups`]: rebuilding rollups from raw rows (CLI and scheduler).
 //! - [`app`]: building, running and draining the server.
 
@@ -28,5 +29,6 @@ pub mod http;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod privacy;
 pub mod query;
 pub mod rollups;

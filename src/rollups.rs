@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use partition_jobs::Month;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 const DELETE_HOURLY: &str = "DELETE FROM rollup_hourly \
@@ -68,11 +68,10 @@ pub async fn rebuild(
         let start = from.max(month.start());
         let end = to.min(month.end());
         let tx = client.transaction().await?;
-        tx.batch_execute(LOCK_ROLLUPS).await?;
-        tx.execute(DELETE_HOURLY, &[&start, &end, &app]).await?;
-        tx.execute(DELETE_DIMS, &[&start, &end, &app]).await?;
-        report.hourly_rows += tx.execute(INSERT_HOURLY, &[&start, &end, &app]).await?;
-        report.dim_rows += tx.execute(INSERT_DIMS, &[&start, &end, &app]).await?;
+        lock(&tx).await?;
+        let (hourly, dims) = recompute(&tx, app, start, end).await?;
+        report.hourly_rows += hourly;
+        report.dim_rows += dims;
         if app.is_none() && start == month.start() && end == month.end() {
             tx.execute(MARK_COMPLETE, &[&month.start().date_naive()]).await?;
         }
@@ -81,6 +80,26 @@ pub async fn rebuild(
         month = month.next();
     }
     Ok(report)
+}
+
+/// Locks both rollup tables for the rest of `tx` against concurrent writers' commits (see module doc).
+pub async fn lock(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(LOCK_ROLLUPS).await
+}
+
+/// Inside `tx` (which must hold [`lock`]): deletes every shard's rollups of `[start, end)` (whole
+/// hours) for `app` or all apps and recomputes them from raw rows. Returns rows written per table.
+pub async fn recompute(
+    tx: &Transaction<'_>,
+    app: Option<Uuid>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    tx.execute(DELETE_HOURLY, &[&start, &end, &app]).await?;
+    tx.execute(DELETE_DIMS, &[&start, &end, &app]).await?;
+    let hourly = tx.execute(INSERT_HOURLY, &[&start, &end, &app]).await?;
+    let dims = tx.execute(INSERT_DIMS, &[&start, &end, &app]).await?;
+    Ok((hourly, dims))
 }
 
 /// Marks `month`'s rollups complete (after its affected hours were rebuilt).

@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/analytics/events/timeline", get(timeline))
         .route("/api/analytics/events/summary", get(summary))
-        .route("/api/analytics/users/{userId}", get(user))
+        .route("/api/analytics/users/{userId}", get(user).delete(super::privacy::erase_user))
         .route("/api/analytics/apps/{appId}/overview", get(overview))
 }
 

@@ -25,6 +25,7 @@ pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod privacy;
 
 /// Cheap handles shared by every handler.
 #[derive(Clone)]

@@ -8,5 +8,6 @@ mod ingest;
 mod lifecycle;
 mod metrics;
 mod partitions;
+mod privacy;
 mod requests;
 mod rollups;

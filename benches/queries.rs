@@ -1,0 +1,829 @@
+//! Analytics query benchmark: `cargo bench --bench queries` (issue 4's benchmark).
+//!
+//! Loads synthetic events into a scratch database (created on the local PostgreSQL and dropped at the
+//! end) the fast way: binary COPY straight into `events`, then `rollups::rebuild`, then `ANALYZE`.
+//! 10 apps with skewed sizes (30%, 20%, 15%, 10%, 8%, 6%, 4%, 3%, 2%, 2%), users = 2% of the events,
+//! sessions = 10%, 20 event types, `created_at` uniform over the last 365 days (never in the future).
+//!
+//! Then starts the real `strata serve` with `STRATA_CACHE=off` and measures, over HTTP with the admin
+//! token, for the biggest app: the 90-day daily timeline, the 7-day hourly timeline, the 12-month
+//! monthly timeline, the 30-day summary and the 30-day app overview. Each at 1 connection (sequential
+//! requests) and at 16 connections (a timed window), p50/p95/p99, next to the same question answered by
+//! a raw SQL scan of `events` in the same run (median of 5), and the ratio raw / HTTP.
+//!
+//! Settings (environment):
+//! - `STRATA_BENCH_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! - `STRATA_BENCH_EVENTS` (default 2,000,000; the issue asks 10,000,000, which takes too long on a
+//!   shared 2-core machine: set `STRATA_BENCH_EVENTS=10000000` for the issue's size).
+//! - `STRATA_BENCH_SECONDS`: window of the 16-connection phases (default 5).
+//! - `STRATA_BENCH_REQUESTS`: sequential requests of the 1-connection phases (default 20).
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::BytesMut;
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use partition_jobs::Month;
+use rand::Rng;
+use serde_json::Value;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use uuid::Uuid;
+
+use strata::ingest::store::{COPY_EVENTS, COPY_TYPES};
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const ADMIN_TOKEN: &str = "bench-admin";
+const KEY_SECRET: &str = "bench-secret";
+const ISSUE_EVENTS: usize = 10_000_000;
+const DEFAULT_EVENTS: usize = 2_000_000;
+/// Share of the events per app, biggest first.
+const APP_SHARES: [f64; 10] = [0.30, 0.20, 0.15, 0.10, 0.08, 0.06, 0.04, 0.03, 0.02, 0.02];
+const EVENT_TYPES: [&str; 20] = [
+    "page_view",
+    "click",
+    "scroll",
+    "form_submit",
+    "signup",
+    "login",
+    "logout",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "search",
+    "video_play",
+    "video_pause",
+    "share",
+    "download",
+    "error",
+    "feature_used",
+    "notification_open",
+    "session_start",
+];
+const DEVICES: [&str; 3] = ["desktop", "mobile", "tablet"];
+const BROWSERS: [&str; 4] = ["Chrome", "Firefox", "Safari", "Edge"];
+const OSES: [&str; 4] = ["Windows", "macOS", "Linux", "iOS"];
+const USER_AGENT: &str = "Mozilla/5.0 (bench)";
+/// Rows per COPY statement (one transaction each).
+const COPY_CHUNK: usize = 50_000;
+/// Parallel COPY connections.
+const COPY_STREAMS: usize = 2;
+const RAW_RUNS: usize = 5;
+const CONNS_HIGH: usize = 16;
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nbenchmark failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Settings {
+    admin_url: String,
+    events: usize,
+    seconds: Duration,
+    requests: usize,
+}
+
+fn env_number(name: &str, default: f64) -> Result<f64> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().replace(['_', ','], "").parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+            _ => bail!("{name}={v:?} is not a positive number"),
+        },
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        Ok(Settings {
+            admin_url: std::env::var("STRATA_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into()),
+            events: env_number("STRATA_BENCH_EVENTS", DEFAULT_EVENTS as f64)? as usize,
+            seconds: Duration::from_secs_f64(env_number("STRATA_BENCH_SECONDS", 5.0)?),
+            requests: env_number("STRATA_BENCH_REQUESTS", 20.0)? as usize,
+        })
+    }
+}
+
+async fn bench() -> Result<()> {
+    let settings = Settings::from_env()?;
+    println!("=== Strata analytics query benchmark (issue 4) ===");
+    if settings.events < ISSUE_EVENTS {
+        println!(
+            "NOTE: loading {} events, NOT the issue's {} (too slow on this shared 2-core machine);",
+            fmt_int(settings.events as u64),
+            fmt_int(ISSUE_EVENTS as u64)
+        );
+        println!("      set STRATA_BENCH_EVENTS=10000000 for the issue's size. Raw-scan times scale with the size.");
+    } else {
+        println!("events: {}", fmt_int(settings.events as u64));
+    }
+    println!("server, PostgreSQL and this load generator share the machine's cores; caches off (STRATA_CACHE=off).\n");
+    let scratch = ScratchDb::create(&settings.admin_url).await?;
+    let outcome = tokio::spawn(run(settings, scratch.url.clone())).await;
+    scratch.drop_best_effort().await;
+    let ok = outcome.map_err(|e| anyhow!("benchmark task failed: {e}"))??;
+    if !ok {
+        bail!("MISMATCH between the HTTP answer and the raw scan (see above)");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------------
+
+/// JSON text written as jsonb: a version byte, then the text.
+#[derive(Debug)]
+struct JsonbText<'a>(&'a str);
+
+impl ToSql for JsonbText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// The shape of the loaded data.
+#[derive(Clone)]
+struct LoadSpec {
+    apps: Vec<Uuid>,
+    shares: Vec<f64>,
+    events: usize,
+    users: u64,
+    sessions: u64,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+/// COPYs `spec.events` random rows, `COPY_STREAMS` connections in parallel, `COPY_CHUNK` rows per
+/// transaction; returns the elapsed time.
+async fn load_events(url: &str, spec: &LoadSpec) -> Result<Duration> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for stream in 0..COPY_STREAMS {
+        let n = spec.events / COPY_STREAMS + usize::from(stream < spec.events % COPY_STREAMS);
+        let mut client = strata::db::connect(url).await?;
+        let spec = spec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let chunk = left.min(COPY_CHUNK);
+                copy_chunk(&mut client, &spec, chunk).await?;
+                left -= chunk;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await?.context("COPY")?;
+    }
+    Ok(started.elapsed())
+}
+
+async fn copy_chunk(client: &mut tokio_postgres::Client, spec: &LoadSpec, rows: usize) -> Result<()> {
+    let tx = client.transaction().await?;
+    let sink = tx.copy_in(COPY_EVENTS).await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let no_text: Option<&str> = None;
+    let no_int: Option<i32> = None;
+    let span_ms = (spec.now - spec.from).num_milliseconds().max(1);
+    // Cumulative shares to pick the app.
+    let mut cumulative = Vec::with_capacity(spec.shares.len());
+    let mut acc = 0.0;
+    for s in &spec.shares {
+        acc += s;
+        cumulative.push(acc);
+    }
+    for _ in 0..rows {
+        let (app, event_type, user_id, session_id, device, browser, os, created_at, metadata) = {
+            let mut rng = rand::rng();
+            let x: f64 = rng.random_range(0.0..acc);
+            let app_index = cumulative.iter().position(|c| x < *c).unwrap_or(spec.apps.len() - 1);
+            let session = rng.random_range(0..spec.sessions);
+            let user = session % spec.users;
+            let created_at = spec.from + chrono::Duration::milliseconds(rng.random_range(0..span_ms));
+            (
+                spec.apps[app_index],
+                EVENT_TYPES[rng.random_range(0..EVENT_TYPES.len())],
+                format!("user-{user}"),
+                format!("sess-{session}"),
+                DEVICES[rng.random_range(0..DEVICES.len())],
+                BROWSERS[rng.random_range(0..BROWSERS.len())],
+                OSES[rng.random_range(0..OSES.len())],
+                created_at,
+                format!(r#"{{"value":{}}}"#, rng.random_range(0..10_000)),
+            )
+        };
+        let event_id = Uuid::new_v4();
+        let url = "https://shop.example/";
+        let values: [&(dyn ToSql + Sync); 17] = [
+            &event_id,
+            &app,
+            &event_type,
+            &user_id,
+            &session_id,
+            &url,
+            &no_text,
+            &ip,
+            &USER_AGENT,
+            &browser,
+            &os,
+            &device,
+            &no_int,
+            &no_int,
+            &JsonbText(&metadata),
+            &created_at,
+            &created_at,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Partitions, apps, COPY, rollups, ANALYZE. Returns the apps, biggest first.
+async fn load(url: &str, n: usize, apps: usize, days: i64) -> Result<(Vec<Uuid>, DateTime<Utc>)> {
+    strata::db::migrate(url, 3, Duration::from_secs(5)).await.context("migrating the scratch database")?;
+    let mut client = strata::db::connect(url).await?;
+    let now = Utc::now();
+    let from = now - chrono::Duration::days(days);
+    let t = Instant::now();
+    partition_jobs::ensure_months(&client, Month::containing(from), Month::containing(now), Duration::from_secs(5))
+        .await
+        .context("creating the past months' partitions")?;
+    let mut ids = Vec::new();
+    for i in 0..apps {
+        ids.push(strata::accounts::create_app(&client, &format!("bench-app-{i}"), None).await?.id);
+    }
+    println!("partitions and {apps} app(s) ready in {:.1} s", t.elapsed().as_secs_f64());
+    let shares = if apps == APP_SHARES.len() { APP_SHARES.to_vec() } else { vec![1.0; apps] };
+    let spec = LoadSpec {
+        apps: ids.clone(),
+        shares,
+        events: n,
+        users: ((n as f64 * 0.02) as u64).max(1),
+        sessions: ((n as f64 * 0.10) as u64).max(1),
+        from,
+        now,
+    };
+    println!(
+        "loading {} events ({} users, {} sessions, {} event types) over {days} days by binary COPY ...",
+        fmt_int(n as u64),
+        fmt_int(spec.users),
+        fmt_int(spec.sessions),
+        EVENT_TYPES.len()
+    );
+    let copy = load_events(url, &spec).await?;
+    println!("  COPY: {:.1} s ({} rows/s)", copy.as_secs_f64(), fmt_int((n as f64 / copy.as_secs_f64()) as u64));
+    let t = Instant::now();
+    let report =
+        strata::rollups::rebuild(&mut client, None, Month::containing(from).start(), Month::containing(now).end())
+            .await
+            .context("rebuilding rollups")?;
+    println!(
+        "  rollups rebuild: {:.1} s ({} hourly rows, {} dim rows, {} months)",
+        t.elapsed().as_secs_f64(),
+        fmt_int(report.hourly_rows),
+        fmt_int(report.dim_rows),
+        report.months
+    );
+    let t = Instant::now();
+    client.batch_execute("ANALYZE").await?;
+    println!("  ANALYZE: {:.1} s\n", t.elapsed().as_secs_f64());
+    Ok((ids, now))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scratch database and server (as benches/ingest.rs)
+// ---------------------------------------------------------------------------------------------------
+
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).ok_or_else(|| anyhow!("{url:?} is not a URL"))?;
+    let host_part = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    Ok(match query {
+        Some(q) => format!("{host_part}/{name}?{q}"),
+        None => format!("{host_part}/{name}"),
+    })
+}
+
+struct ScratchDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDb {
+    async fn create(admin_url: &str) -> Result<ScratchDb> {
+        let name = format!("strata_bench_{}", Uuid::new_v4().simple());
+        let admin = strata::db::connect(admin_url)
+            .await
+            .with_context(|| format!("connecting to {admin_url} (set STRATA_BENCH_DATABASE_URL)"))?;
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.context("creating the scratch database")?;
+        let url = with_database(admin_url, &name)?;
+        println!("scratch database: {name}");
+        Ok(ScratchDb { admin_url: admin_url.to_string(), name, url })
+    }
+
+    async fn drop_best_effort(&self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let result = match strata::db::connect(&self.admin_url).await {
+            Ok(admin) => admin.batch_execute(&sql).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(()) => println!("scratch database {} dropped", self.name),
+            Err(e) => eprintln!("warning: could not drop scratch database {}: {e:#}", self.name),
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    last: Arc<Mutex<Vec<String>>>,
+    stopped: bool,
+}
+
+impl Server {
+    async fn start(db_url: &str, extra_env: &[(&str, &str)]) -> Result<Server> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("STRATA_LISTEN", "127.0.0.1:0")
+            .env("STRATA_LOG_FORMAT", "json")
+            .env("STRATA_LOG", "warn,strata=info")
+            .env("STRATA_KEY_SECRET", KEY_SECRET)
+            .env("STRATA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("REDIS_URL");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the strata server")?;
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let last = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let drain = last.clone();
+        std::thread::spawn(move || drain_stderr(stderr, &drain, tx));
+        let mut server = Server { child, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), last, stopped: false };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(addr) = rx.try_recv() {
+                server.addr = addr;
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                server.stopped = true;
+                bail!("the server exited at start-up ({status}); log:\n{}", server.last.lock().unwrap().join("\n"));
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not log its address within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        let started = Instant::now();
+        Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().context("running kill -TERM")?;
+        while started.elapsed() < Duration::from_secs(30) {
+            if self.child.try_wait()?.is_some() {
+                self.stopped = true;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child.kill()?;
+        let _ = self.child.wait();
+        self.stopped = true;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn drain_stderr(stderr: ChildStderr, last: &Mutex<Vec<String>>, addr_tx: mpsc::Sender<SocketAddr>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let parsed: Option<Value> = serde_json::from_str(&line).ok();
+        let addr = parsed.as_ref().and_then(|v| v.pointer("/fields/addr")).and_then(Value::as_str);
+        if let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
+            let _ = addr_tx.send(addr);
+        }
+        let mut last = last.lock().expect("log lock");
+        if last.len() >= 30 {
+            last.remove(0);
+        }
+        last.push(line);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Measuring
+// ---------------------------------------------------------------------------------------------------
+
+/// Latency percentiles of one phase.
+#[derive(Clone, Copy, Default)]
+struct Lat {
+    n: usize,
+    errors: usize,
+    p50: Duration,
+    p95: Duration,
+    p99: Duration,
+    rps: f64,
+}
+
+fn percentiles(mut lat: Vec<Duration>, errors: usize, wall: Duration) -> Lat {
+    lat.sort();
+    let pick = |q: f64| {
+        if lat.is_empty() {
+            Duration::ZERO
+        } else {
+            lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1]
+        }
+    };
+    Lat {
+        n: lat.len(),
+        errors,
+        p50: pick(0.50),
+        p95: pick(0.95),
+        p99: pick(0.99),
+        rps: lat.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+fn http_client(conns: usize) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(conns).no_gzip().timeout(Duration::from_secs(60)).build()?)
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<bytes::Bytes> {
+    let resp = client.get(url).bearer_auth(ADMIN_TOKEN).send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+    }
+    Ok(body)
+}
+
+/// `requests` sequential requests on one connection (after 2 unmeasured ones).
+async fn one_connection(url: &str, requests: usize) -> Result<Lat> {
+    let client = http_client(1)?;
+    for _ in 0..2 {
+        get(&client, url).await?;
+    }
+    let mut lat = Vec::with_capacity(requests);
+    let started = Instant::now();
+    for _ in 0..requests {
+        let t = Instant::now();
+        get(&client, url).await?;
+        lat.push(t.elapsed());
+    }
+    Ok(percentiles(lat, 0, started.elapsed()))
+}
+
+/// `conns` connections, each sending its next request when the previous answered, for `window`.
+async fn many_connections(url: &str, conns: usize, window: Duration) -> Result<Lat> {
+    let client = http_client(conns)?;
+    let started = Instant::now();
+    let end = started + window;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0usize);
+            while Instant::now() < end {
+                let t = Instant::now();
+                match get(&client, &url).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await?;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(percentiles(all, errors, started.elapsed()))
+}
+
+/// Median wall time of `RAW_RUNS` runs of `sqls` (run one after the other, as one question).
+async fn raw_median(db: &tokio_postgres::Client, sqls: &[&str], params: &[&(dyn ToSql + Sync)]) -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..RAW_RUNS {
+        let t = Instant::now();
+        for sql in sqls {
+            db.query(*sql, params).await?;
+        }
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The questions
+// ---------------------------------------------------------------------------------------------------
+
+const RAW_DAILY: &str = "SELECT date_trunc('day', created_at AT TIME ZONE 'UTC'), count(*), count(DISTINCT user_id) \
+     FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1";
+const RAW_HOURLY: &str = "SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC'), count(*), count(DISTINCT user_id) \
+     FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1";
+const RAW_MONTHLY: &str =
+    "SELECT date_trunc('month', created_at AT TIME ZONE 'UTC'), count(*), count(DISTINCT user_id) \
+     FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1";
+const RAW_SUMMARY: [&str; 4] = [
+    "SELECT event_type, count(*), count(DISTINCT user_id), count(DISTINCT session_id) FROM events \
+     WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1",
+    "SELECT event_type, device, count(*) FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 \
+     GROUP BY 1, 2",
+    "SELECT event_type, browser, count(*) FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 \
+     GROUP BY 1, 2",
+    "SELECT event_type, os, count(*) FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 \
+     GROUP BY 1, 2",
+];
+const RAW_OVERVIEW: [&str; 2] = [
+    "SELECT count(*), count(DISTINCT user_id), count(DISTINCT session_id), count(DISTINCT event_type) FROM events \
+     WHERE app_id = $1 AND created_at >= $2 AND created_at < $3",
+    "SELECT event_type, count(*) FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 \
+     GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10",
+];
+
+struct Question {
+    name: &'static str,
+    path: String,
+    raw: Vec<&'static str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// p95 target at 1 connection.
+    target_p95: Duration,
+}
+
+struct Row {
+    name: &'static str,
+    one: Lat,
+    high: Lat,
+    raw: Duration,
+}
+
+fn day_start(d: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"))
+}
+
+fn questions(app: Uuid, now: DateTime<Utc>) -> Vec<Question> {
+    let today = now.date_naive();
+    let tomorrow = day_start(today + chrono::Duration::days(1));
+    let days_back = |n: i64| today - chrono::Duration::days(n);
+    let month_start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).expect("first of month");
+    let twelve = Month::containing(day_start(month_start)).add_months(-11).first_day();
+    let ms15 = Duration::from_millis(15);
+    let ms50 = Duration::from_millis(50);
+    let timeline = |start: NaiveDate, interval: &str| {
+        format!("/api/analytics/events/timeline?appId={app}&startDate={start}&endDate={today}&interval={interval}")
+    };
+    vec![
+        Question {
+            name: "timeline 90 days, daily",
+            path: timeline(days_back(89), "day"),
+            raw: vec![RAW_DAILY],
+            from: day_start(days_back(89)),
+            to: tomorrow,
+            target_p95: ms15,
+        },
+        Question {
+            name: "timeline 7 days, hourly",
+            path: timeline(days_back(6), "hour"),
+            raw: vec![RAW_HOURLY],
+            from: day_start(days_back(6)),
+            to: tomorrow,
+            target_p95: ms15,
+        },
+        Question {
+            name: "timeline 12 months, monthly",
+            path: timeline(twelve, "month"),
+            raw: vec![RAW_MONTHLY],
+            from: day_start(twelve),
+            to: tomorrow,
+            target_p95: ms15,
+        },
+        Question {
+            name: "summary 30 days",
+            path: format!("/api/analytics/events/summary?appId={app}&startDate={}&endDate={today}", days_back(29)),
+            raw: RAW_SUMMARY.to_vec(),
+            from: day_start(days_back(29)),
+            to: tomorrow,
+            target_p95: ms50,
+        },
+        Question {
+            name: "app overview 30 days",
+            path: format!("/api/analytics/apps/{app}/overview?startDate={}&endDate={today}", days_back(29)),
+            raw: RAW_OVERVIEW.to_vec(),
+            from: day_start(days_back(29)),
+            to: tomorrow,
+            target_p95: ms50,
+        },
+    ]
+}
+
+/// Compares the 90-day timeline's totals with the raw scan; prints MISMATCH loudly.
+async fn check_timeline(db: &tokio_postgres::Client, base: &str, q: &Question, app: Uuid) -> Result<bool> {
+    let body = get(&http_client(1)?, &format!("{base}{}", q.path)).await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    let buckets = v["data"].as_array().ok_or_else(|| anyhow!("timeline without a data array"))?;
+    let http_events: i64 = buckets.iter().map(|b| b["eventCount"].as_i64().unwrap_or(0)).sum();
+    let http_users: i64 = buckets.iter().map(|b| b["uniqueUsers"].as_i64().unwrap_or(0)).sum();
+    let rows = db.query(RAW_DAILY, &[&app, &q.from, &q.to]).await?;
+    let raw_events: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
+    let raw_users: i64 = rows.iter().map(|r| r.get::<_, i64>(2)).sum();
+    println!(
+        "check, 90-day timeline: {} buckets; eventCount total {} (raw {}), sum of daily uniqueUsers {} (raw {}); \
+         meta.source {}, meta.cache {}",
+        buckets.len(),
+        fmt_int(http_events as u64),
+        fmt_int(raw_events as u64),
+        fmt_int(http_users as u64),
+        fmt_int(raw_users as u64),
+        v["meta"]["source"],
+        v["meta"]["cache"]
+    );
+    let ok = http_events == raw_events && http_users == raw_users && buckets.len() == 90;
+    if !ok {
+        println!("!!!!! MISMATCH: the 90-day timeline over HTTP differs from the raw scan !!!!!");
+    } else {
+        println!("OK: the 90-day timeline equals the raw scan");
+    }
+    Ok(ok)
+}
+
+async fn run(settings: Settings, url: String) -> Result<bool> {
+    let (apps, now) = load(&url, settings.events, APP_SHARES.len(), 365).await?;
+    let app = apps[0];
+    let db = strata::db::connect(&url).await?;
+    let app_rows: i64 = db.query_one("SELECT count(*) FROM events WHERE app_id = $1", &[&app]).await?.get(0);
+    println!("biggest app {app}: {} events over 365 days", fmt_int(app_rows as u64));
+
+    let mut server = Server::start(&url, &[("STRATA_CACHE", "off")]).await?;
+    println!("server pid {} on {} (STRATA_CACHE=off)\n", server.pid, server.addr);
+    let base = format!("http://{}", server.addr);
+    let qs = questions(app, now);
+    let consistent = check_timeline(&db, &base, &qs[0], app).await?;
+    println!();
+
+    let mut rows = Vec::new();
+    for q in &qs {
+        let url = format!("{base}{}", q.path);
+        let one = one_connection(&url, settings.requests).await.with_context(|| q.name)?;
+        let high = many_connections(&url, CONNS_HIGH, settings.seconds).await?;
+        let raw = raw_median(&db, &q.raw, &[&app, &q.from, &q.to]).await?;
+        let row = Row { name: q.name, one, high, raw };
+        print_row(&row);
+        rows.push(row);
+    }
+    server.stop().await?;
+    print_summary(&settings, &qs, &rows);
+    println!();
+    Ok(consistent)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reporting
+// ---------------------------------------------------------------------------------------------------
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1e3)
+}
+
+fn fmt_int(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "{}: 1 conn p50 {} p95 {} p99 {} ({} req) | {CONNS_HIGH} conns p50 {} p95 {} p99 {} {:.0} req/s \
+         ({} req, {} errors) | raw SQL median {}",
+        r.name,
+        fmt_ms(r.one.p50),
+        fmt_ms(r.one.p95),
+        fmt_ms(r.one.p99),
+        r.one.n,
+        fmt_ms(r.high.p50),
+        fmt_ms(r.high.p95),
+        fmt_ms(r.high.p99),
+        r.high.rps,
+        r.high.n,
+        r.high.errors,
+        fmt_ms(r.raw)
+    );
+}
+
+fn print_summary(settings: &Settings, qs: &[Question], rows: &[Row]) {
+    println!(
+        "\n=== Summary ({} events, 10 apps, biggest app measured, caches off) ===",
+        fmt_int(settings.events as u64)
+    );
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9}",
+        "question", "1c p50", "1c p95", "1c p99", "16c p50", "16c p95", "16c p99", "16c rps", "raw SQL", "raw/p50"
+    );
+    for r in rows {
+        let ratio = r.raw.as_secs_f64() / r.one.p50.as_secs_f64().max(1e-9);
+        println!(
+            "{:<28} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8.0} | {:>9} {:>8.1}x",
+            r.name,
+            fmt_ms(r.one.p50),
+            fmt_ms(r.one.p95),
+            fmt_ms(r.one.p99),
+            fmt_ms(r.high.p50),
+            fmt_ms(r.high.p95),
+            fmt_ms(r.high.p99),
+            r.high.rps,
+            fmt_ms(r.raw),
+            ratio
+        );
+    }
+    let errors: usize = rows.iter().map(|r| r.high.errors).sum();
+    println!(
+        "1c = {} sequential requests on 1 connection; 16c = {:.0} s window; raw SQL = median of {RAW_RUNS} runs of",
+        settings.requests,
+        settings.seconds.as_secs_f64()
+    );
+    println!("the equivalent scan of `events` from this process; raw/p50 = raw SQL time / HTTP p50 at 1 connection.");
+    if errors > 0 {
+        println!("WARNING: {errors} failed requests in the 16-connection phases");
+    }
+    if settings.events < ISSUE_EVENTS {
+        println!(
+            "NOTE: {} events instead of the issue's {} (STRATA_BENCH_EVENTS); the raw scans grow with the data.",
+            fmt_int(settings.events as u64),
+            fmt_int(ISSUE_EVENTS as u64)
+        );
+    }
+    println!("\n=== Targets (issue 4) ===");
+    let line = |label: String, figure: String, ok: bool| {
+        println!("{label:<62} {figure:>10}  {}", if ok { "met" } else { "NOT MET" });
+    };
+    for (q, r) in qs.iter().zip(rows) {
+        line(
+            format!("{} p95 <= {} (1 conn, uncached)", q.name, fmt_ms(q.target_p95)),
+            fmt_ms(r.one.p95),
+            r.one.p95 <= q.target_p95,
+        );
+    }
+    if let Some(r) = rows.first() {
+        let ratio = r.raw.as_secs_f64() / r.one.p95.as_secs_f64().max(1e-9);
+        line(format!("{} >= 25x faster than the raw scan (raw / p95)", r.name), format!("{ratio:.1}x"), ratio >= 25.0);
+    }
+}

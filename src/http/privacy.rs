@@ -1,0 +1,39 @@
+//! `DELETE /api/analytics/users/{userId}?appId=`: a privacy request erasing one end user's events
+//! of one app (the caller's, or any with the admin token), rollups kept equal to raw.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::analytics::{authenticate, authorize_app};
+use super::error::ApiError;
+use super::AppState;
+
+/// Erases the user's events of `appId` and answers how many were deleted.
+#[tracing::instrument(skip_all)]
+pub async fn erase_user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&s, &headers)?;
+    let app_id = q.get("appId").or_else(|| q.get("app_id")).ok_or_else(|| {
+        ApiError::bad_request("invalid_parameter", "appId is required: erasure is per app")
+            .with_details(json!({"parameter": "appId"}))
+    })?;
+    crate::query::params::parse_user_id(&user_id).map_err(|e| {
+        ApiError::bad_request("invalid_parameter", e.to_string()).with_details(json!({"parameter": "userId"}))
+    })?;
+    let app = authorize_app(&s, &caller, app_id).await?;
+    let mut client = s.pool.get().await.map_err(|e| {
+        tracing::warn!(error = %e, "no database connection");
+        ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
+    })?;
+    let deleted = crate::privacy::erase_user(&mut client, app.id, &user_id).await.map_err(ApiError::internal)?;
+    s.cache.invalidate_apps([app.id]);
+    Ok(Json(json!({"success": true, "data": {"appId": app.id, "userId": user_id, "deletedEvents": deleted}})))
+}
