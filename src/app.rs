@@ -45,6 +45,7 @@ impl Application {
     /// Connects, migrates and binds `cfg.listen` (port 0 picks a free port).
     pub async fn build(cfg: Config) -> anyhow::Result<Application> {
         crate::metrics::handle();
+        crate::metrics::set_slow_query(cfg.slow_query);
         let url = database_url(&cfg).await?;
         db::migrate(&url, cfg.premake_months, cfg.partition_lock_timeout).await.context("migrating the database")?;
         let pool = db::pool(&url, &cfg)?;

@@ -110,6 +110,9 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// `STRATA_SLOW_REQUEST` (default `1s`): requests slower than this are logged with their timing.
     pub slow_request: Duration,
+    /// `STRATA_SLOW_QUERY` (default `500ms`): analytics statements and group commits slower than this
+    /// are logged with their timing.
+    pub slow_query: Duration,
     /// `STRATA_LOG_FORMAT` (`text` or `json`, default `text`).
     pub log_json: bool,
 }
@@ -157,6 +160,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             metrics_token: None,
             slow_request: Duration::from_secs(1),
+            slow_query: Duration::from_millis(500),
             log_json: false,
         }
     }
@@ -289,6 +293,7 @@ impl Config {
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
         c.metrics_token = get("STRATA_METRICS_TOKEN");
         c.slow_request = dur("STRATA_SLOW_REQUEST", c.slow_request)?;
+        c.slow_query = dur("STRATA_SLOW_QUERY", c.slow_query)?;
         if let Some(v) = get("STRATA_LOG_FORMAT") {
             c.log_json = match v.as_str() {
                 "json" => true,

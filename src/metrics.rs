@@ -100,6 +100,23 @@ pub fn ingest_events(accepted: usize, rejected: usize, duplicates: usize) {
     counter!("strata_ingest_events_total", "result" => "duplicate").increment(duplicates as u64);
 }
 
+/// Queries slower than this are logged (`STRATA_SLOW_QUERY`); set once at start-up. Process-wide like
+/// the recorder itself: it only decides what is logged.
+static SLOW_QUERY_MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(500_000);
+
+/// Sets the slow-query logging threshold.
+pub fn set_slow_query(threshold: Duration) {
+    SLOW_QUERY_MICROS.store(threshold.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Logs `what` (a statement or a flush) with its timing when it took longer than the threshold.
+pub fn query_timed(what: &str, elapsed: Duration) {
+    if elapsed.as_micros() as u64 >= SLOW_QUERY_MICROS.load(std::sync::atomic::Ordering::Relaxed) {
+        let statement: String = what.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect();
+        tracing::warn!(%statement, elapsed_ms = elapsed.as_millis() as u64, "slow query");
+    }
+}
+
 /// One refused event, by its error code (a fixed set, so the label stays bounded).
 pub fn rejected(code: &'static str) {
     counter!("strata_ingest_rejected_total", "reason" => code).increment(1);
@@ -107,6 +124,7 @@ pub fn rejected(code: &'static str) {
 
 /// One writer flush.
 pub fn flush(events: usize, elapsed: Duration) {
+    query_timed(&format!("group commit of {events} events"), elapsed);
     histogram!("strata_ingest_batch_size").record(events as f64);
     histogram!("strata_ingest_flush_duration_seconds").record(elapsed.as_secs_f64());
 }

@@ -49,8 +49,11 @@ impl Reader {
 
 /// Runs a cached prepared statement.
 pub async fn rows(tx: &Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, QueryError> {
+    let started = std::time::Instant::now();
     let statement = tx.prepare_cached(sql).await?;
-    Ok(tx.query(&statement, params).await?)
+    let result = tx.query(&statement, params).await?;
+    crate::metrics::query_timed(sql, started.elapsed());
+    Ok(result)
 }
 
 const COMPLETE_MONTHS: &str = "SELECT month FROM rollup_months WHERE complete AND month >= $1 AND month <= $2";
