@@ -1,5 +1,845 @@
-//! Cache benchmark: `cargo bench --bench cache` (issue 5). Work in progress.
+//! Two-tier cache benchmark: `cargo bench --bench cache` (issue 5's benchmark).
+//!
+//! Loads synthetic events for one app over the last 90 days into a scratch database (binary COPY,
+//! `rollups::rebuild`, `ANALYZE`; dropped at the end), then measures the 90-day daily timeline over HTTP
+//! with the admin token against the real `strata serve`, started three times on one Redis
+//! (`REDIS_URL=redis://127.0.0.1:6379`, a unique `STRATA_REDIS_PREFIX` per run of the benchmark):
+//!
+//! 1. default `STRATA_CACHE` (L1 + L2): L1 hits at 1, 10 and 100 connections, then `/health` at 1 and
+//!    100 connections (the trivial-route ceiling and the HTTP overhead);
+//! 2. `STRATA_CACHE=l2` (L1 disabled): L2 hits at 1, 10 and 100 connections;
+//! 3. `STRATA_CACHE=off`: misses at 1, 10 and 100 connections;
+//!
+//! and, as the floor, the Redis GET round trip of a value of the timeline's size (redis crate, one
+//! connection). Each connection is a task sending its next request as soon as the previous one
+//! answered; requests started after the warm-up and within the window count. Every response's
+//! `meta.cache` is tallied, so a phase that was not served by the tier it claims shows it. Responses
+//! are not compressed (the client sends no `Accept-Encoding`).
+//!
+//! Settings (environment): `STRATA_BENCH_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), `STRATA_BENCH_EVENTS` (default 300,000),
+//! `STRATA_BENCH_SECONDS` (measured window per phase, default 5), `STRATA_BENCH_WARMUP_SECONDS`
+//! (default 1), `STRATA_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`).
 
-fn main() {
-    println!("cache benchmark: not implemented yet");
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::BytesMut;
+use chrono::{DateTime, Utc};
+use partition_jobs::Month;
+use rand::Rng;
+use serde_json::Value;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use uuid::Uuid;
+
+use strata::ingest::store::{COPY_EVENTS, COPY_TYPES};
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+const ADMIN_TOKEN: &str = "bench-admin";
+const KEY_SECRET: &str = "bench-secret";
+const DEFAULT_EVENTS: usize = 300_000;
+/// Share of the events per app, when there are 10 apps (not in this benchmark: one app).
+const APP_SHARES: [f64; 10] = [0.30, 0.20, 0.15, 0.10, 0.08, 0.06, 0.04, 0.03, 0.02, 0.02];
+const EVENT_TYPES: [&str; 20] = [
+    "page_view",
+    "click",
+    "scroll",
+    "form_submit",
+    "signup",
+    "login",
+    "logout",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "search",
+    "video_play",
+    "video_pause",
+    "share",
+    "download",
+    "error",
+    "feature_used",
+    "notification_open",
+    "session_start",
+];
+const DEVICES: [&str; 3] = ["desktop", "mobile", "tablet"];
+const BROWSERS: [&str; 4] = ["Chrome", "Firefox", "Safari", "Edge"];
+const OSES: [&str; 4] = ["Windows", "macOS", "Linux", "iOS"];
+const USER_AGENT: &str = "Mozilla/5.0 (bench)";
+/// Rows per COPY statement (one transaction each).
+const COPY_CHUNK: usize = 50_000;
+/// Parallel COPY connections.
+const COPY_STREAMS: usize = 2;
+/// Connection counts of the cached and uncached phases.
+const CONNS: [usize; 3] = [1, 10, 100];
+/// Sequential Redis GETs of the floor measurement.
+const REDIS_GETS: usize = 2_000;
+
+// ---------------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------------
+
+/// JSON text written as jsonb: a version byte, then the text.
+#[derive(Debug)]
+struct JsonbText<'a>(&'a str);
+
+impl ToSql for JsonbText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// The shape of the loaded data.
+#[derive(Clone)]
+struct LoadSpec {
+    apps: Vec<Uuid>,
+    shares: Vec<f64>,
+    events: usize,
+    users: u64,
+    sessions: u64,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+/// COPYs `spec.events` random rows, `COPY_STREAMS` connections in parallel, `COPY_CHUNK` rows per
+/// transaction; returns the elapsed time.
+async fn load_events(url: &str, spec: &LoadSpec) -> Result<Duration> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for stream in 0..COPY_STREAMS {
+        let n = spec.events / COPY_STREAMS + usize::from(stream < spec.events % COPY_STREAMS);
+        let mut client = strata::db::connect(url).await?;
+        let spec = spec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let chunk = left.min(COPY_CHUNK);
+                copy_chunk(&mut client, &spec, chunk).await?;
+                left -= chunk;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await?.context("COPY")?;
+    }
+    Ok(started.elapsed())
+}
+
+async fn copy_chunk(client: &mut tokio_postgres::Client, spec: &LoadSpec, rows: usize) -> Result<()> {
+    let tx = client.transaction().await?;
+    let sink = tx.copy_in(COPY_EVENTS).await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let no_text: Option<&str> = None;
+    let no_int: Option<i32> = None;
+    let span_ms = (spec.now - spec.from).num_milliseconds().max(1);
+    // Cumulative shares to pick the app.
+    let mut cumulative = Vec::with_capacity(spec.shares.len());
+    let mut acc = 0.0;
+    for s in &spec.shares {
+        acc += s;
+        cumulative.push(acc);
+    }
+    for _ in 0..rows {
+        let (app, event_type, user_id, session_id, device, browser, os, created_at, metadata) = {
+            let mut rng = rand::rng();
+            let x: f64 = rng.random_range(0.0..acc);
+            let app_index = cumulative.iter().position(|c| x < *c).unwrap_or(spec.apps.len() - 1);
+            let session = rng.random_range(0..spec.sessions);
+            let user = session % spec.users;
+            let created_at = spec.from + chrono::Duration::milliseconds(rng.random_range(0..span_ms));
+            (
+                spec.apps[app_index],
+                EVENT_TYPES[rng.random_range(0..EVENT_TYPES.len())],
+                format!("user-{user}"),
+                format!("sess-{session}"),
+                DEVICES[rng.random_range(0..DEVICES.len())],
+                BROWSERS[rng.random_range(0..BROWSERS.len())],
+                OSES[rng.random_range(0..OSES.len())],
+                created_at,
+                format!(r#"{{"value":{}}}"#, rng.random_range(0..10_000)),
+            )
+        };
+        let event_id = Uuid::new_v4();
+        let url = "https://shop.example/";
+        let values: [&(dyn ToSql + Sync); 17] = [
+            &event_id,
+            &app,
+            &event_type,
+            &user_id,
+            &session_id,
+            &url,
+            &no_text,
+            &ip,
+            &USER_AGENT,
+            &browser,
+            &os,
+            &device,
+            &no_int,
+            &no_int,
+            &JsonbText(&metadata),
+            &created_at,
+            &created_at,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Partitions, apps, COPY, rollups, ANALYZE. Returns the apps, biggest first.
+async fn load(url: &str, n: usize, apps: usize, days: i64) -> Result<(Vec<Uuid>, DateTime<Utc>)> {
+    strata::db::migrate(url, 3, Duration::from_secs(5)).await.context("migrating the scratch database")?;
+    let mut client = strata::db::connect(url).await?;
+    let now = Utc::now();
+    let from = now - chrono::Duration::days(days);
+    let t = Instant::now();
+    partition_jobs::ensure_months(&client, Month::containing(from), Month::containing(now), Duration::from_secs(5))
+        .await
+        .context("creating the past months' partitions")?;
+    let mut ids = Vec::new();
+    for i in 0..apps {
+        ids.push(strata::accounts::create_app(&client, &format!("bench-app-{i}"), None).await?.id);
+    }
+    println!("partitions and {apps} app(s) ready in {:.1} s", t.elapsed().as_secs_f64());
+    let shares = if apps == APP_SHARES.len() { APP_SHARES.to_vec() } else { vec![1.0; apps] };
+    let spec = LoadSpec {
+        apps: ids.clone(),
+        shares,
+        events: n,
+        users: ((n as f64 * 0.02) as u64).max(1),
+        sessions: ((n as f64 * 0.10) as u64).max(1),
+        from,
+        now,
+    };
+    println!(
+        "loading {} events ({} users, {} sessions, {} event types) over {days} days by binary COPY ...",
+        fmt_int(n as u64),
+        fmt_int(spec.users),
+        fmt_int(spec.sessions),
+        EVENT_TYPES.len()
+    );
+    let copy = load_events(url, &spec).await?;
+    println!("  COPY: {:.1} s ({} rows/s)", copy.as_secs_f64(), fmt_int((n as f64 / copy.as_secs_f64()) as u64));
+    let t = Instant::now();
+    let report =
+        strata::rollups::rebuild(&mut client, None, Month::containing(from).start(), Month::containing(now).end())
+            .await
+            .context("rebuilding rollups")?;
+    println!(
+        "  rollups rebuild: {:.1} s ({} hourly rows, {} dim rows, {} months)",
+        t.elapsed().as_secs_f64(),
+        fmt_int(report.hourly_rows),
+        fmt_int(report.dim_rows),
+        report.months
+    );
+    let t = Instant::now();
+    client.batch_execute("ANALYZE").await?;
+    println!("  ANALYZE: {:.1} s\n", t.elapsed().as_secs_f64());
+    Ok((ids, now))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scratch database and server (as benches/ingest.rs)
+// ---------------------------------------------------------------------------------------------------
+
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).ok_or_else(|| anyhow!("{url:?} is not a URL"))?;
+    let host_part = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    Ok(match query {
+        Some(q) => format!("{host_part}/{name}?{q}"),
+        None => format!("{host_part}/{name}"),
+    })
+}
+
+struct ScratchDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDb {
+    async fn create(admin_url: &str) -> Result<ScratchDb> {
+        let name = format!("strata_bench_{}", Uuid::new_v4().simple());
+        let admin = strata::db::connect(admin_url)
+            .await
+            .with_context(|| format!("connecting to {admin_url} (set STRATA_BENCH_DATABASE_URL)"))?;
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.context("creating the scratch database")?;
+        let url = with_database(admin_url, &name)?;
+        println!("scratch database: {name}");
+        Ok(ScratchDb { admin_url: admin_url.to_string(), name, url })
+    }
+
+    async fn drop_best_effort(&self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let result = match strata::db::connect(&self.admin_url).await {
+            Ok(admin) => admin.batch_execute(&sql).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(()) => println!("scratch database {} dropped", self.name),
+            Err(e) => eprintln!("warning: could not drop scratch database {}: {e:#}", self.name),
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    last: Arc<Mutex<Vec<String>>>,
+    stopped: bool,
+}
+
+impl Server {
+    async fn start(db_url: &str, extra_env: &[(&str, &str)]) -> Result<Server> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("STRATA_LISTEN", "127.0.0.1:0")
+            .env("STRATA_LOG_FORMAT", "json")
+            .env("STRATA_LOG", "warn,strata=info")
+            .env("STRATA_KEY_SECRET", KEY_SECRET)
+            .env("STRATA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("REDIS_URL")
+            .env_remove("STRATA_CACHE")
+            .env_remove("STRATA_REDIS_PREFIX");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the strata server")?;
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let last = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let drain = last.clone();
+        std::thread::spawn(move || drain_stderr(stderr, &drain, tx));
+        let mut server = Server { child, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), last, stopped: false };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(addr) = rx.try_recv() {
+                server.addr = addr;
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                server.stopped = true;
+                bail!("the server exited at start-up ({status}); log:\n{}", server.last.lock().unwrap().join("\n"));
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not log its address within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        let started = Instant::now();
+        Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().context("running kill -TERM")?;
+        while started.elapsed() < Duration::from_secs(30) {
+            if self.child.try_wait()?.is_some() {
+                self.stopped = true;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child.kill()?;
+        let _ = self.child.wait();
+        self.stopped = true;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn drain_stderr(stderr: ChildStderr, last: &Mutex<Vec<String>>, addr_tx: mpsc::Sender<SocketAddr>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let parsed: Option<Value> = serde_json::from_str(&line).ok();
+        let addr = parsed.as_ref().and_then(|v| v.pointer("/fields/addr")).and_then(Value::as_str);
+        if let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
+            let _ = addr_tx.send(addr);
+        }
+        let mut last = last.lock().expect("log lock");
+        if last.len() >= 30 {
+            last.remove(0);
+        }
+        last.push(line);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Measuring
+// ---------------------------------------------------------------------------------------------------
+
+/// Which tier answered, from `meta.cache`.
+#[derive(Clone, Copy, Default, Debug)]
+struct Tiers {
+    l1: u64,
+    l2: u64,
+    miss: u64,
+    /// No `meta.cache` (e.g. `/health`).
+    none: u64,
+}
+
+impl Tiers {
+    fn add(&mut self, o: &Tiers) {
+        self.l1 += o.l1;
+        self.l2 += o.l2;
+        self.miss += o.miss;
+        self.none += o.none;
+    }
+
+    fn describe(&self) -> String {
+        format!("l1 {} / l2 {} / miss {} / none {}", self.l1, self.l2, self.miss, self.none)
+    }
+}
+
+/// `meta.cache` of a response body, looked for near the end first (where `meta` sorts), then anywhere.
+fn tier_of(body: &[u8]) -> &'static str {
+    fn find(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+    let tail = &body[body.len().saturating_sub(512)..];
+    for part in [tail, body] {
+        for (needle, name) in
+            [(&b"\"cache\":\"l1\""[..], "l1"), (b"\"cache\":\"l2\"", "l2"), (b"\"cache\":\"miss\"", "miss")]
+        {
+            if find(part, needle) {
+                return name;
+            }
+        }
+    }
+    "none"
+}
+
+/// One measured phase.
+#[derive(Clone, Default)]
+struct Phase {
+    label: String,
+    conns: usize,
+    n: usize,
+    errors: usize,
+    rps: f64,
+    p50: Duration,
+    p95: Duration,
+    p99: Duration,
+    tiers: Tiers,
+}
+
+fn http_client(conns: usize) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(conns).no_gzip().timeout(Duration::from_secs(60)).build()?)
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<bytes::Bytes> {
+    let resp = client.get(url).bearer_auth(ADMIN_TOKEN).send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+    }
+    Ok(body)
+}
+
+fn pick(lat: &[Duration], q: f64) -> Duration {
+    if lat.is_empty() {
+        return Duration::ZERO;
+    }
+    lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1]
+}
+
+/// `conns` connections in a closed loop for warm-up + window; requests started inside the window count.
+async fn phase(label: &str, url: &str, conns: usize, s: &Settings) -> Result<Phase> {
+    let client = http_client(conns)?;
+    let started = Instant::now();
+    let (measure_from, end) = (started + s.warmup, started + s.warmup + s.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors, mut tiers) = (Vec::new(), 0usize, Tiers::default());
+            let mut first_error: Option<String> = None;
+            loop {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                let result = get(&client, &url).await;
+                if t < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(body) => {
+                        lat.push(t.elapsed());
+                        match tier_of(&body) {
+                            "l1" => tiers.l1 += 1,
+                            "l2" => tiers.l2 += 1,
+                            "miss" => tiers.miss += 1,
+                            _ => tiers.none += 1,
+                        }
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (lat, errors, tiers, first_error)
+        }));
+    }
+    let (mut all, mut errors, mut tiers) = (Vec::new(), 0, Tiers::default());
+    let mut first_error: Option<String> = None;
+    for t in tasks {
+        let (lat, e, tr, fe) = t.await?;
+        if first_error.is_none() {
+            first_error = fe;
+        }
+        all.extend(lat);
+        errors += e;
+        tiers.add(&tr);
+    }
+    // The window closes when the last request started in it has answered.
+    let window = (Instant::now() - measure_from).max(s.seconds);
+    all.sort();
+    let p = Phase {
+        label: label.to_string(),
+        conns,
+        n: all.len(),
+        errors,
+        rps: all.len() as f64 / window.as_secs_f64(),
+        p50: pick(&all, 0.50),
+        p95: pick(&all, 0.95),
+        p99: pick(&all, 0.99),
+        tiers,
+    };
+    println!(
+        "  {:<14} {:>3} conns: {:>8.0} req/s  p50 {} p95 {} p99 {}  ({} req, {} errors; meta.cache {})",
+        p.label,
+        p.conns,
+        p.rps,
+        fmt_ms(p.p50),
+        fmt_ms(p.p95),
+        fmt_ms(p.p99),
+        p.n,
+        p.errors,
+        p.tiers.describe()
+    );
+    if let Some(e) = first_error {
+        let e: String = e.chars().take(300).collect();
+        println!("    first error: {e}");
+    }
+    Ok(p)
+}
+
+/// Sends a few requests and checks the last one was answered by `expected`.
+async fn warm_and_check(url: &str, expected: &str) -> Result<(usize, bool)> {
+    let client = http_client(1)?;
+    let mut body = bytes::Bytes::new();
+    for _ in 0..3 {
+        body = get(&client, url).await?;
+    }
+    let v: Value = serde_json::from_slice(&body)?;
+    let tier = v["meta"]["cache"].as_str().unwrap_or("(none)").to_string();
+    let ok = tier == expected;
+    if ok {
+        println!("  after warm-up meta.cache = {tier:?} as expected; response {} bytes", body.len());
+    } else {
+        println!("  !!!!! after warm-up meta.cache = {tier:?}, expected {expected:?} !!!!!");
+    }
+    Ok((body.len(), ok))
+}
+
+/// Redis GET round trip of a `size`-byte value, one connection: (p50, p99).
+async fn redis_floor(redis_url: &str, prefix: &str, size: usize) -> Result<(Duration, Duration)> {
+    let client = redis::Client::open(redis_url)?;
+    let mut con = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+    let key = format!("{prefix}bench-payload");
+    let payload = vec![b'x'; size];
+    redis::cmd("SET").arg(&key).arg(&payload[..]).arg("EX").arg(600).query_async::<()>(&mut con).await?;
+    for _ in 0..100 {
+        redis::cmd("GET").arg(&key).query_async::<Vec<u8>>(&mut con).await?;
+    }
+    let mut lat = Vec::with_capacity(REDIS_GETS);
+    for _ in 0..REDIS_GETS {
+        let t = Instant::now();
+        let v = redis::cmd("GET").arg(&key).query_async::<Vec<u8>>(&mut con).await?;
+        lat.push(t.elapsed());
+        if v.len() != size {
+            bail!("Redis returned {} bytes, expected {size}", v.len());
+        }
+    }
+    redis::cmd("DEL").arg(&key).query_async::<()>(&mut con).await?;
+    lat.sort();
+    Ok((pick(&lat, 0.50), pick(&lat, 0.99)))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------------
+
+struct Settings {
+    admin_url: String,
+    redis_url: String,
+    events: usize,
+    seconds: Duration,
+    warmup: Duration,
+}
+
+fn env_number(name: &str, default: f64) -> Result<f64> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().replace(['_', ','], "").parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+            _ => bail!("{name}={v:?} is not a non-negative number"),
+        },
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        let s = Settings {
+            admin_url: std::env::var("STRATA_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into()),
+            redis_url: std::env::var("STRATA_BENCH_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into()),
+            events: env_number("STRATA_BENCH_EVENTS", DEFAULT_EVENTS as f64)? as usize,
+            seconds: Duration::from_secs_f64(env_number("STRATA_BENCH_SECONDS", 5.0)?),
+            warmup: Duration::from_secs_f64(env_number("STRATA_BENCH_WARMUP_SECONDS", 1.0)?),
+        };
+        if s.events == 0 || s.seconds.is_zero() {
+            bail!("STRATA_BENCH_EVENTS and STRATA_BENCH_SECONDS must be positive");
+        }
+        Ok(s)
+    }
+}
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nbenchmark failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench() -> Result<()> {
+    let settings = Settings::from_env()?;
+    println!("=== Strata two-tier cache benchmark (issue 5) ===");
+    println!(
+        "{} events, one app, 90 days; {:.1} s measured after {:.1} s warm-up per phase; Redis {}.",
+        fmt_int(settings.events as u64),
+        settings.seconds.as_secs_f64(),
+        settings.warmup.as_secs_f64(),
+        settings.redis_url
+    );
+    println!(
+        "server, Redis, PostgreSQL and this load generator share the machine's cores: figures are lower bounds.\n"
+    );
+    let scratch = ScratchDb::create(&settings.admin_url).await?;
+    let outcome = tokio::spawn(run(settings, scratch.url.clone())).await;
+    scratch.drop_best_effort().await;
+    let ok = outcome.map_err(|e| anyhow!("benchmark task failed: {e}"))??;
+    if !ok {
+        bail!("a phase was not answered by the cache tier it measures (see above)");
+    }
+    Ok(())
+}
+
+async fn run(s: Settings, url: String) -> Result<bool> {
+    let (apps, now) = load(&url, s.events, 1, 90).await?;
+    let app = apps[0];
+    let today = now.date_naive();
+    let start = today - chrono::Duration::days(89);
+    let path = format!("/api/analytics/events/timeline?appId={app}&startDate={start}&endDate={today}&interval=day");
+    let prefix = format!("strata-bench-{}:", Uuid::new_v4().simple());
+    let redis_env = [("REDIS_URL", s.redis_url.as_str()), ("STRATA_REDIS_PREFIX", prefix.as_str())];
+    println!("90-day daily timeline: {path}\nRedis prefix {prefix}\n");
+    let mut all_ok = true;
+
+    // 1. L1 hits (default STRATA_CACHE), /health.
+    let mut server = Server::start(&url, &redis_env).await?;
+    println!("(1) server pid {} on {}, default STRATA_CACHE (L1 + L2)", server.pid, server.addr);
+    let base = format!("http://{}", server.addr);
+    let (size, ok) = warm_and_check(&format!("{base}{path}"), "l1").await?;
+    all_ok &= ok;
+    let mut l1 = Vec::new();
+    for c in CONNS {
+        l1.push(phase("L1 hit", &format!("{base}{path}"), c, &s).await?);
+    }
+    let health1 = phase("/health", &format!("{base}/health"), 1, &s).await?;
+    let health100 = phase("/health", &format!("{base}/health"), 100, &s).await?;
+    server.stop().await?;
+
+    // 2. L2 hits (L1 disabled).
+    let mut env = redis_env.to_vec();
+    env.push(("STRATA_CACHE", "l2"));
+    let mut server = Server::start(&url, &env).await?;
+    println!("(2) server pid {} on {}, STRATA_CACHE=l2 (L1 disabled)", server.pid, server.addr);
+    let base = format!("http://{}", server.addr);
+    let (_, ok) = warm_and_check(&format!("{base}{path}"), "l2").await?;
+    all_ok &= ok;
+    let mut l2 = Vec::new();
+    for c in CONNS {
+        l2.push(phase("L2 hit", &format!("{base}{path}"), c, &s).await?);
+    }
+    server.stop().await?;
+
+    // 3. Misses.
+    let mut env = redis_env.to_vec();
+    env.push(("STRATA_CACHE", "off"));
+    let mut server = Server::start(&url, &env).await?;
+    println!("(3) server pid {} on {}, STRATA_CACHE=off", server.pid, server.addr);
+    let base = format!("http://{}", server.addr);
+    let (_, ok) = warm_and_check(&format!("{base}{path}"), "miss").await?;
+    all_ok &= ok;
+    let mut miss = Vec::new();
+    for c in CONNS {
+        miss.push(phase("miss", &format!("{base}{path}"), c, &s).await?);
+    }
+    server.stop().await?;
+
+    // 4. Redis floor.
+    let (redis_p50, redis_p99) = redis_floor(&s.redis_url, &prefix, size).await?;
+    println!(
+        "(4) Redis GET of {size} bytes, 1 connection, {REDIS_GETS} GETs: p50 {} p99 {}",
+        fmt_ms(redis_p50),
+        fmt_ms(redis_p99)
+    );
+
+    print_summary(&s, size, &l1, &l2, &miss, &health1, &health100, (redis_p50, redis_p99));
+    for p in l1.iter().chain(&l2).chain(&miss) {
+        let expected = match p.label.as_str() {
+            "L1 hit" => p.tiers.l1,
+            "L2 hit" => p.tiers.l2,
+            _ => p.tiers.miss,
+        };
+        if expected != p.n as u64 {
+            println!(
+                "note: {} at {} conns: {} of {} answers from another tier ({})",
+                p.label,
+                p.conns,
+                p.n as u64 - expected,
+                p.n,
+                p.tiers.describe()
+            );
+        }
+    }
+    println!();
+    Ok(all_ok)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_summary(
+    s: &Settings,
+    size: usize,
+    l1: &[Phase],
+    l2: &[Phase],
+    miss: &[Phase],
+    health1: &Phase,
+    health100: &Phase,
+    redis: (Duration, Duration),
+) {
+    println!("\n=== Summary: 90-day daily timeline, {} events, {size}-byte answer ===", fmt_int(s.events as u64));
+    println!(
+        "{:<10} {:>5} {:>10} {:>9} {:>9} {:>9} {:>7}  meta.cache",
+        "phase", "conns", "req/s", "p50", "p95", "p99", "errors"
+    );
+    for p in l1.iter().chain(l2).chain(miss).chain([health1, health100]) {
+        println!(
+            "{:<10} {:>5} {:>10.0} {:>9} {:>9} {:>9} {:>7}  {}",
+            p.label,
+            p.conns,
+            p.rps,
+            fmt_ms(p.p50),
+            fmt_ms(p.p95),
+            fmt_ms(p.p99),
+            p.errors,
+            p.tiers.describe()
+        );
+    }
+    println!("{:<10} {:>5} {:>10} {:>9} {:>9} {:>9}", "Redis GET", 1, "-", fmt_ms(redis.0), "-", fmt_ms(redis.1));
+    println!("HTTP/1.1 keep-alive, no compression; {:.1} s window per phase.", s.seconds.as_secs_f64());
+
+    println!("\n=== Targets (issue 5) ===");
+    let line = |label: &str, figure: String, ok: bool| {
+        println!("{label:<66} {figure:>12}  {}", if ok { "met" } else { "NOT MET" });
+    };
+    if let Some(p) = l1.iter().find(|p| p.conns == 100) {
+        let ratio = p.rps / health100.rps.max(1e-9);
+        line(
+            &format!("L1 hits @100 conns / /health @100 conns ({:.0} / {:.0} req/s) >= 0.7", p.rps, health100.rps),
+            format!("{ratio:.2}"),
+            ratio >= 0.7,
+        );
+        line("L1 hits @100 conns p99 <= 5 ms", fmt_ms(p.p99), p.p99 <= Duration::from_millis(5));
+    }
+    if let Some(p) = l2.iter().find(|p| p.conns == 1) {
+        let floor = redis.0 + health1.p50;
+        let ratio = p.p50.as_secs_f64() / floor.as_secs_f64().max(1e-9);
+        line(
+            &format!(
+                "L2 p50 @1 conn {} <= 2x (Redis GET p50 {} + /health p50 @1 conn {})",
+                fmt_ms(p.p50),
+                fmt_ms(redis.0),
+                fmt_ms(health1.p50)
+            ),
+            format!("{ratio:.2}x"),
+            ratio <= 2.0,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reporting helpers
+// ---------------------------------------------------------------------------------------------------
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.2}ms", d.as_secs_f64() * 1e3)
+}
+
+fn fmt_int(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
