@@ -83,8 +83,17 @@ impl Application {
         let ua = tokio::task::spawn_blocking(UaParser::new).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let accept_window = chrono::Duration::from_std(cfg.accept_window).context("STRATA_ACCEPT_WINDOW")?;
-        let state =
-            AppState { cfg: Arc::new(cfg), pool, keys, queue, ua, secrets: Arc::new(secrets), accept_window, cache };
+        let state = AppState {
+            cfg: Arc::new(cfg),
+            pool,
+            keys,
+            queue,
+            ua,
+            secrets: Arc::new(secrets),
+            accept_window,
+            cache,
+            authz: http::authz_cache(),
+        };
         Ok(Application { listener, state, background_stop, tracker })
     }
 

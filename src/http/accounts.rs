@@ -185,6 +185,7 @@ async fn me(State(s): State<AppState>, headers: HeaderMap) -> Answer {
 async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Answer {
     let (owner, claims) = session(&s, &headers).await?;
     store::revoke_token(&**db(&s).await?, owner.id, claims.jti, claims.expires_at()).await.map_err(account_error)?;
+    s.authz.invalidate_all();
     Ok((StatusCode::OK, Json(json!({"success": true, "message": "logged out; this token no longer works"}))))
 }
 
@@ -232,6 +233,7 @@ async fn delete_app(State(s): State<AppState>, headers: HeaderMap, path: IdPath)
     let id = path_id(path, app_not_found)?;
     let hashes = store::delete_app(&mut **db(&s).await?, owner.id, id).await.map_err(account_error)?;
     keys_revoked(&s, &hashes).await;
+    s.authz.invalidate_all();
     let message = "app deleted and its API keys revoked; its events are kept until retention drops their month";
     Ok(ok_message(json!({"id": id, "revokedKeys": hashes.len()}), message))
 }

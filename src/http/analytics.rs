@@ -191,13 +191,22 @@ pub fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
 pub async fn authorize_app(s: &AppState, caller: &Caller, app_id: &str) -> Result<AppInfo, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "app_not_found", "no such app");
     let id = Uuid::parse_str(app_id).map_err(|_| not_found())?;
+    let key = match *caller {
+        Caller::Owner { id: owner, jti } => (Some((owner, jti)), id),
+        Caller::Admin => (None, id),
+    };
+    if let Some(hit) = s.authz.get(&key).await {
+        return Ok(hit);
+    }
     if let Caller::Owner { id: owner, jti } = *caller {
         super::accounts::owner_session(s, owner, jti).await?;
         let client = super::accounts::db(s).await?;
         // Another owner's app is "not found", like a missing one.
         crate::accounts::owned_app(&client, owner, id).await.map_err(super::accounts::account_error)?;
     }
-    find_app(&s.pool, id).await?.ok_or_else(not_found)
+    let app = find_app(&s.pool, id).await?.ok_or_else(not_found)?;
+    s.authz.insert(key, app.clone()).await;
+    Ok(app)
 }
 
 /// Every app `caller` may read.

@@ -44,8 +44,23 @@ pub struct AppState {
     pub secrets: Arc<Secrets>,
     /// The analytics cache (L1 in process, L2 Redis).
     pub cache: crate::cache::Cache,
+    /// Recent positive authorisation answers: (owner session or admin, app) -> the app, for
+    /// [`AUTHZ_TTL`], so cached analytics answers need no database round trip. Logout and app
+    /// deletion clear it on their instance; other instances follow within the TTL.
+    pub authz: moka::future::Cache<(Option<(uuid::Uuid, uuid::Uuid)>, uuid::Uuid), crate::query::apps::AppInfo>,
     /// Oldest acceptable event age (the acceptance window, never past retention).
     pub accept_window: chrono::Duration,
+}
+
+/// Lifetime of an authorisation answer in [`AppState::authz`].
+pub const AUTHZ_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Authorisation answers kept at most.
+const AUTHZ_CAPACITY: u64 = 100_000;
+
+/// An empty authorisation cache.
+pub fn authz_cache() -> moka::future::Cache<(Option<(uuid::Uuid, uuid::Uuid)>, uuid::Uuid), crate::query::apps::AppInfo>
+{
+    moka::future::Cache::builder().max_capacity(AUTHZ_CAPACITY).time_to_live(AUTHZ_TTL).build()
 }
 
 /// Every route of the service.
