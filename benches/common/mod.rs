@@ -1,4 +1,4 @@
-//! Loading and scratch-database helpers shared by the query and cache benchmarks (each bench declares
+//! Loading, scratch-database and server-process helpers shared by the query and cache benchmarks (each bench declares
 //! `mod common;`; the constants they read, such as `APP_SHARES`, come from the bench itself).
 #![allow(dead_code, unused_imports)]
 
@@ -222,5 +222,101 @@ impl ScratchDb {
             Ok(()) => println!("scratch database {} dropped", self.name),
             Err(e) => eprintln!("warning: could not drop scratch database {}: {e:#}", self.name),
         }
+    }
+}
+
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
+    pub(crate) last: Arc<Mutex<Vec<String>>>,
+    pub(crate) stopped: bool,
+}
+
+impl Server {
+    pub(crate) async fn start(db_url: &str, extra_env: &[(&str, &str)]) -> Result<Server> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("STRATA_LISTEN", "127.0.0.1:0")
+            .env("STRATA_LOG_FORMAT", "json")
+            .env("STRATA_LOG", "warn,strata=info")
+            .env("STRATA_KEY_SECRET", KEY_SECRET)
+            .env("STRATA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("REDIS_URL")
+            .env_remove("STRATA_CACHE")
+            .env_remove("STRATA_REDIS_PREFIX");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the strata server")?;
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let last = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let drain = last.clone();
+        std::thread::spawn(move || drain_stderr(stderr, &drain, tx));
+        let mut server = Server { child, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), last, stopped: false };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(addr) = rx.try_recv() {
+                server.addr = addr;
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                server.stopped = true;
+                bail!("the server exited at start-up ({status}); log:\n{}", server.last.lock().unwrap().join("\n"));
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not log its address within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(crate) async fn stop(&mut self) -> Result<()> {
+        let started = Instant::now();
+        Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().context("running kill -TERM")?;
+        while started.elapsed() < Duration::from_secs(30) {
+            if self.child.try_wait()?.is_some() {
+                self.stopped = true;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child.kill()?;
+        let _ = self.child.wait();
+        self.stopped = true;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub(crate) fn drain_stderr(stderr: ChildStderr, last: &Mutex<Vec<String>>, addr_tx: mpsc::Sender<SocketAddr>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let parsed: Option<Value> = serde_json::from_str(&line).ok();
+        let addr = parsed.as_ref().and_then(|v| v.pointer("/fields/addr")).and_then(Value::as_str);
+        if let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
+            let _ = addr_tx.send(addr);
+        }
+        let mut last = last.lock().expect("log lock");
+        if last.len() >= 30 {
+            last.remove(0);
+        }
+        last.push(line);
     }
 }
