@@ -100,6 +100,9 @@ pub struct Config {
     pub retention_drop: bool,
     /// `STRATA_MAINTENANCE_INTERVAL` (default `10m`): how often the scheduler runs maintenance.
     pub maintenance_interval: Duration,
+    /// `STRATA_TIER_COMPACT_INTERVAL` (default `2s`): how often writer deltas of the multi-tier rollups
+    /// are merged into their hour, day and month rows (queries read the remaining deltas too).
+    pub tier_compact_interval: Duration,
     /// `STRATA_PARTITION_LOCK_TIMEOUT` (default `2s`): lock_timeout of partition DDL.
     pub partition_lock_timeout: Duration,
     /// `STRATA_SHUTDOWN_GRACE` (default `30s`): longest drain of accepted events on shutdown.
@@ -155,6 +158,7 @@ impl Default for Config {
             retention_months: None,
             retention_drop: false,
             maintenance_interval: Duration::from_secs(600),
+            tier_compact_interval: Duration::from_secs(2),
             partition_lock_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -288,6 +292,7 @@ impl Config {
             };
         }
         c.maintenance_interval = dur("STRATA_MAINTENANCE_INTERVAL", c.maintenance_interval)?;
+        c.tier_compact_interval = dur("STRATA_TIER_COMPACT_INTERVAL", c.tier_compact_interval)?;
         c.partition_lock_timeout = dur("STRATA_PARTITION_LOCK_TIMEOUT", c.partition_lock_timeout)?;
         c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
@@ -346,6 +351,9 @@ impl Config {
         }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("STRATA_MAINTENANCE_INTERVAL", "0", "must be positive"));
+        }
+        if self.tier_compact_interval.is_zero() {
+            return Err(invalid("STRATA_TIER_COMPACT_INTERVAL", "0", "must be positive"));
         }
         if self.writers > MAX_WRITERS {
             return Err(invalid(

@@ -35,6 +35,9 @@ pub enum JobError {
     /// The rollup rebuild after moving default-partition rows failed.
     #[error("rebuilding rollups of moved rows failed: {0}")]
     Rebuild(#[from] tokio_postgres::Error),
+    /// The multi-tier rollup rebuild after moving default-partition rows failed.
+    #[error("rebuilding rollup tiers of moved rows failed: {0}")]
+    Tiers(#[from] crate::tiers::TierError),
 }
 
 /// The policy the configuration asks for, keeping the stored analyze thresholds.

@@ -16,6 +16,8 @@
 //! - [`metrics`]: Prometheus recorder, metric names, request middleware, scrape-time gauges.
 //! - [`privacy`]: erasing one end user's events with their rollups (privacy requests).
 //! - [`rollups`]: rebuilding rollups from raw rows (CLI and scheduler).
+//! - [`tiers`]: the multi-tier rollups (hour, day, month) with distinct-count sketches: writer deltas,
+//!   compaction, rebuilds.
 //! - [`app`]: building, running and draining the server.
 
 pub mod accounts;
@@ -32,3 +34,4 @@ pub mod metrics;
 pub mod privacy;
 pub mod query;
 pub mod rollups;
+pub mod tiers;

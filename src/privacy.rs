@@ -13,7 +13,7 @@ const ERASE: &str = "DELETE FROM events WHERE app_id = $1 AND user_id = $2 RETUR
 /// Deletes every event of `user_id` in `app` and recomputes the rollup hours they touched; returns
 /// how many events were deleted. Idempotency pairs (`event_ids`) hold no personal data and stay, so
 /// a late retry of an erased event is still recognised as a duplicate within the dedupe window.
-pub async fn erase_user(client: &mut Client, app: Uuid, user_id: &str) -> Result<u64, tokio_postgres::Error> {
+pub async fn erase_user(client: &mut Client, app: Uuid, user_id: &str) -> Result<u64, crate::tiers::TierError> {
     let tx = client.transaction().await?;
     crate::rollups::lock(&tx).await?;
     let rows = tx.query(ERASE, &[&app, &user_id]).await?;

@@ -11,6 +11,8 @@ use partition_jobs::Month;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
+use crate::tiers::TierError;
+
 const DELETE_HOURLY: &str = "DELETE FROM rollup_hourly \
      WHERE hour >= $1 AND hour < $2 AND ($3::uuid IS NULL OR app_id = $3)";
 const DELETE_DIMS: &str = "DELETE FROM rollup_hourly_dims \
@@ -41,6 +43,11 @@ const LOCK_ROLLUPS: &str = "LOCK TABLE rollup_hourly, rollup_hourly_dims IN SHAR
 const MARK_COMPLETE: &str = "INSERT INTO rollup_months (month, complete, rebuilt_at) VALUES ($1, true, now()) \
      ON CONFLICT (month) DO UPDATE SET complete = true, rebuilt_at = now()";
 
+// A whole month rebuilt for every app: its tiers are complete too.
+const MARK_REBUILT: &str = "INSERT INTO rollup_months (month, complete, tiers, rebuilt_at) \
+     VALUES ($1, true, true, now()) \
+     ON CONFLICT (month) DO UPDATE SET complete = true, tiers = true, rebuilt_at = now()";
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,6 +56,8 @@ pub struct RebuildReport {
     pub hourly_rows: u64,
     /// Breakdown rows written.
     pub dim_rows: u64,
+    /// Hour rows of the multi-tier rollups written (days and months follow from them).
+    pub tier_hours: u64,
     /// Months processed.
     pub months: u64,
 }
@@ -60,20 +69,21 @@ pub async fn rebuild(
     app: Option<Uuid>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<RebuildReport, tokio_postgres::Error> {
+) -> Result<RebuildReport, TierError> {
     let (from, _) = crate::ingest::store::hour_and_quarter(from);
-    let mut report = RebuildReport { hourly_rows: 0, dim_rows: 0, months: 0 };
+    let mut report = RebuildReport { hourly_rows: 0, dim_rows: 0, tier_hours: 0, months: 0 };
     let mut month = Month::containing(from);
     while month.start() < to {
         let start = from.max(month.start());
         let end = to.min(month.end());
         let tx = client.transaction().await?;
         lock(&tx).await?;
-        let (hourly, dims) = recompute(&tx, app, start, end).await?;
+        let (hourly, dims, tier_hours) = recompute(&tx, app, start, end).await?;
         report.hourly_rows += hourly;
         report.dim_rows += dims;
+        report.tier_hours += tier_hours;
         if app.is_none() && start == month.start() && end == month.end() {
-            tx.execute(MARK_COMPLETE, &[&month.start().date_naive()]).await?;
+            tx.execute(MARK_REBUILT, &[&month.start().date_naive()]).await?;
         }
         tx.commit().await?;
         report.months += 1;
@@ -88,18 +98,21 @@ pub async fn lock(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
 }
 
 /// Inside `tx` (which must hold [`lock`]): deletes every shard's rollups of `[start, end)` (whole
-/// hours) for `app` or all apps and recomputes them from raw rows. Returns rows written per table.
+/// hours) for `app` or all apps and recomputes them from raw rows, then the multi-tier rollups of
+/// those hours and of the days and months holding them. Returns rows written: hourly, breakdowns,
+/// tier hours.
 pub async fn recompute(
     tx: &Transaction<'_>,
     app: Option<Uuid>,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-) -> Result<(u64, u64), tokio_postgres::Error> {
+) -> Result<(u64, u64, u64), TierError> {
     tx.execute(DELETE_HOURLY, &[&start, &end, &app]).await?;
     tx.execute(DELETE_DIMS, &[&start, &end, &app]).await?;
     let hourly = tx.execute(INSERT_HOURLY, &[&start, &end, &app]).await?;
     let dims = tx.execute(INSERT_DIMS, &[&start, &end, &app]).await?;
-    Ok((hourly, dims))
+    let tier_hours = crate::tiers::rebuild_in(tx, app, start, end).await?;
+    Ok((hourly, dims, tier_hours))
 }
 
 /// Marks `month`'s rollups complete (after its affected hours were rebuilt).

@@ -1,5 +1,6 @@
-//! One group-commit transaction: claim event ids (idempotency), COPY the new events in binary, and
-//! upsert the rollup deltas of exactly those events, then commit. Every statement takes its row
+//! One group-commit transaction: claim event ids (idempotency), COPY the new events in binary, upsert
+//! the hourly rollup deltas of exactly those events and COPY their multi-tier deltas (see
+//! [`crate::tiers`]), then commit. Every statement takes its row
 //! locks in sorted key order, so concurrent writers queue behind each other instead of deadlocking.
 
 use std::collections::{BTreeMap, HashSet};
@@ -75,6 +76,9 @@ pub async fn store_batch(
     if !new_rows.is_empty() {
         copy_rows(tx, &new_rows).await?;
         upsert_rollups(tx, &new_rows, shard).await?;
+        // After the rollup upserts: while a rebuild holds the rollup lock they wait, so this delta
+        // is written (and becomes visible) only after the rebuild's commit.
+        crate::tiers::copy_deltas(tx, crate::tiers::deltas(&new_rows)).await?;
     }
     Ok(fresh)
 }

@@ -2,20 +2,23 @@
 //!
 //! A request is parsed once at the boundary ([`params`]) into a half-open UTC range, a time zone and
 //! (for timelines) the bucket starts of [`buckets`]. The planner ([`plan`]) splits the range into
-//! spans answered from the rollup tables (whole UTC quarter-hours or hours of months listed complete in
-//! `rollup_months`) and spans answered from raw `events` rows (sub-slot edges of the range, months whose
-//! rollups are not trusted). Distinct counts (users, sessions) cannot be summed from hourly rollups:
-//! they are computed exactly with `COUNT(DISTINCT ...)` over the raw rows of the range.
+//! spans answered from the rollup tables (whole UTC hours of months whose rollups are complete in
+//! `rollup_months`) and spans answered from raw `events` rows (sub-hour edges of the range, months whose
+//! rollups are not trusted). [`aggregate`] executes such a plan against the multi-tier rollups (UTC
+//! hours, days and months: event counts, breakdowns, and distinct-count [`sketch`]es of users and
+//! sessions) and the raw rows.
 //!
-//! - [`store`]: the read transaction (consistent snapshot, JIT off), event counts and breakdowns per plan.
+//! - [`store`]: the read transaction (consistent snapshot, JIT off), event counts per plan.
 //! - [`timeline`], [`summary`], [`overview`], [`users`]: one endpoint's question each.
 //! - [`apps`]: app lookups for authorisation.
 
+pub mod aggregate;
 pub mod apps;
 pub mod buckets;
 pub mod overview;
 pub mod params;
 pub mod plan;
+pub mod sketch;
 pub mod store;
 pub mod summary;
 pub mod timeline;
@@ -30,6 +33,9 @@ pub enum QueryError {
     /// A statement failed.
     #[error("database error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// A stored rollup sketch could not be decoded.
+    #[error(transparent)]
+    Corrupt(#[from] sketch::CorruptSketch),
 }
 
 impl QueryError {
@@ -42,6 +48,7 @@ impl QueryError {
                     || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
                     || e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
             }
+            QueryError::Corrupt(_) => false,
         }
     }
 }

@@ -1,12 +1,12 @@
 //! The app overview: total events, distinct users and sessions, event types, and the top event types,
-//! over a range (all time by default, as the original answered). Counts follow a quarter-hour plan;
-//! distinct counts are exact, from the raw rows of the range.
+//! over a range (all time by default, as the original answered), from the multi-tier rollups and raw
+//! edges (see [`super::aggregate`]).
 
 use uuid::Uuid;
 
+use super::aggregate::{aggregate, Select};
 use super::params::Filter;
-use super::plan::{plan, QUARTER_HOUR};
-use super::store::{complete_months, event_counts, rows, Grouping, Reader};
+use super::store::Reader;
 use super::{QueryError, Source};
 
 /// How many event types the overview lists.
@@ -29,34 +29,27 @@ pub struct Overview {
     pub source: Source,
 }
 
-const TOTAL_DISTINCT: &str = "SELECT count(DISTINCT user_id), count(DISTINCT session_id) \
-     FROM events \
-     WHERE app_id = $1 AND created_at >= $2::timestamptz AND created_at < $3::timestamptz";
-
 /// Answers the overview of `app` over `filter.range` (`filter.event_type` is not used).
 #[tracing::instrument(skip_all, fields(app = %app))]
 pub async fn overview(reader: &Reader, app: Uuid, filter: &Filter) -> Result<Overview, QueryError> {
     let mut client = reader.connection().await?;
     let tx = reader.begin(&mut client).await?;
-    let range = filter.range;
-    let bounds = [range.start];
-    let counted = async {
-        let plan = plan(range, &complete_months(&tx, range).await?, &[], QUARTER_HOUR);
-        let counts = event_counts(&tx, app, None, &plan, &bounds, Grouping::BucketAndType).await?;
-        Ok::<_, QueryError>((plan, counts))
-    };
-    let distinct = async { rows(&tx, TOTAL_DISTINCT, &[&app, &range.start, &range.end]).await };
-    let ((plan, counts), distinct) = tokio::try_join!(counted, distinct)?;
+    let (range, bounds) = (filter.range, [filter.range.start]);
+    let totals = Select { event_type: None, per_type: false, users: true, sessions: true, dims: false };
+    let per_type = Select { event_type: None, per_type: true, users: false, sessions: false, dims: false };
+    let ((mut totals, source), (types, _)) =
+        tokio::try_join!(aggregate(&tx, app, range, &bounds, totals), aggregate(&tx, app, range, &bounds, per_type))?;
     tx.commit().await?;
-    let mut types: Vec<(String, i64)> = counts.into_iter().map(|((_, t), n)| (t, n)).collect();
+    let mut types: Vec<(String, i64)> =
+        types.into_iter().filter(|(_, a)| a.events != 0).map(|((_, t), a)| (t, a.events)).collect();
     types.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let row = distinct.first().expect("an aggregate returns one row");
+    let mut all = totals.remove(&(0, String::new())).unwrap_or_default();
     Ok(Overview {
-        total_events: types.iter().map(|(_, n)| n).sum(),
-        total_users: row.get(0),
-        total_sessions: row.get(1),
+        total_events: all.events,
+        total_users: all.users.count(),
+        total_sessions: all.sessions.count(),
         unique_event_types: i64::try_from(types.len()).expect("fits"),
         top_events: types.into_iter().take(TOP_EVENTS).collect(),
-        source: Source::of(!plan.rollup.is_empty(), true),
+        source,
     })
 }

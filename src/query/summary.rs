@@ -1,14 +1,13 @@
 //! The summary: per event type, total events, distinct users and sessions, and device / browser / os
-//! breakdowns. Totals and breakdowns follow an hourly plan (the breakdown rollup is hourly); distinct
-//! counts are exact, from the raw rows of the range.
+//! breakdowns, from the multi-tier rollups and raw edges (see [`super::aggregate`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::aggregate::{aggregate, Select};
 use super::params::Filter;
-use super::plan::{plan, HOUR};
-use super::store::{breakdowns, complete_months, event_counts, rows, Grouping, Reader};
+use super::store::Reader;
 use super::{QueryError, Source};
 
 /// Counts by value, most frequent first, ties by value ascending; `None` is unknown.
@@ -38,49 +37,28 @@ pub struct Summary {
     pub source: Source,
 }
 
-const TYPE_DISTINCT: &str = "SELECT event_type, count(DISTINCT user_id), count(DISTINCT session_id) \
-     FROM events \
-     WHERE app_id = $1 AND created_at >= $2::timestamptz AND created_at < $3::timestamptz \
-       AND ($4::text IS NULL OR event_type = $4::text) \
-     GROUP BY 1";
-
 /// Answers the summary of `app` under `filter`.
 #[tracing::instrument(skip_all, fields(app = %app))]
 pub async fn summary(reader: &Reader, app: Uuid, filter: &Filter) -> Result<Summary, QueryError> {
     let mut client = reader.connection().await?;
     let tx = reader.begin(&mut client).await?;
-    let (range, ty) = (filter.range, filter.event_type.as_deref());
-    let bounds = [range.start];
-    let counted = async {
-        let plan = plan(range, &complete_months(&tx, range).await?, &[], HOUR);
-        let (counts, dims) = tokio::try_join!(
-            event_counts(&tx, app, ty, &plan, &bounds, Grouping::BucketAndType),
-            breakdowns(&tx, app, ty, &plan)
-        )?;
-        Ok::<_, QueryError>((plan, counts, dims))
-    };
-    let distinct = async { rows(&tx, TYPE_DISTINCT, &[&app, &range.start, &range.end, &ty]).await };
-    let ((plan, counts, mut dims), distinct) = tokio::try_join!(counted, distinct)?;
+    let select =
+        Select { event_type: filter.event_type.as_deref(), per_type: true, users: true, sessions: true, dims: true };
+    let (aggs, source) = aggregate(&tx, app, filter.range, &[filter.range.start], select).await?;
     tx.commit().await?;
-    let distinct: HashMap<String, (i64, i64)> =
-        distinct.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2)))).collect();
-    let totals: HashMap<String, i64> = counts.into_iter().map(|((_, t), n)| (t, n)).collect();
-    let names: BTreeSet<&String> = totals.keys().chain(distinct.keys()).collect();
-    let mut types: Vec<TypeSummary> = names
+    let mut types: Vec<TypeSummary> = aggs
         .into_iter()
-        .map(|name| {
-            let (unique_users, unique_sessions) = distinct.get(name).copied().unwrap_or_default();
-            TypeSummary {
-                event_type: name.clone(),
-                total_events: totals.get(name).copied().unwrap_or_default(),
-                unique_users,
-                unique_sessions,
-                breakdowns: dims.remove(name).unwrap_or_default().map(sorted),
-            }
+        .filter(|(_, agg)| agg.events != 0)
+        .map(|((_, name), mut agg)| TypeSummary {
+            event_type: name,
+            total_events: agg.events,
+            unique_users: agg.users.count(),
+            unique_sessions: agg.sessions.count(),
+            breakdowns: agg.dims.map(sorted),
         })
         .collect();
     types.sort_by(|a, b| b.total_events.cmp(&a.total_events).then_with(|| a.event_type.cmp(&b.event_type)));
-    Ok(Summary { types, source: Source::of(!plan.rollup.is_empty(), true) })
+    Ok(Summary { types, source })
 }
 
 fn sorted(counts: HashMap<String, i64>) -> Breakdown {

@@ -1,14 +1,14 @@
-//! The timeline: events and distinct users per bucket. Event counts follow the plan (rollups for
-//! whole quarter-hours of complete months, raw rows for the rest); distinct users are counted exactly
-//! from the raw rows of the range, grouped by the same bucket starts.
+//! The timeline: events and distinct users per bucket, from the multi-tier rollups for whole UTC
+//! hours of complete months and from raw rows for the rest (see [`super::aggregate`]).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::aggregate::{aggregate, Select};
 use super::params::TimelineRequest;
-use super::plan::{plan, QUARTER_HOUR};
-use super::store::{complete_months, event_counts, rows, Grouping, Reader};
-use super::{QueryError, Source};
+use super::store::Reader;
+use super::QueryError;
+use super::Source;
 
 /// One bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub struct TimelineBucket {
     pub start: DateTime<Utc>,
     /// Events inside both the bucket and the range.
     pub events: i64,
-    /// Distinct non-null user ids among them.
+    /// Distinct non-null user ids among them (see [`super::sketch`] for exactness).
     pub users: i64,
 }
 
@@ -30,34 +30,28 @@ pub struct Timeline {
     pub source: Source,
 }
 
-const BUCKET_USERS: &str = "SELECT width_bucket(created_at, $5::timestamptz[]), count(DISTINCT user_id) \
-     FROM events \
-     WHERE app_id = $1 AND created_at >= $2::timestamptz AND created_at < $3::timestamptz \
-       AND ($4::text IS NULL OR event_type = $4::text) \
-     GROUP BY 1";
-
 /// Answers `req` for `app`.
 #[tracing::instrument(skip_all, fields(app = %app, buckets = req.buckets.len()))]
 pub async fn timeline(reader: &Reader, app: Uuid, req: &TimelineRequest) -> Result<Timeline, QueryError> {
     let mut client = reader.connection().await?;
     let tx = reader.begin(&mut client).await?;
-    let (range, bounds, ty) = (req.filter.range, req.buckets.as_slice(), req.filter.event_type.as_deref());
-    let counted = async {
-        let plan = plan(range, &complete_months(&tx, range).await?, bounds, QUARTER_HOUR);
-        let counts = event_counts(&tx, app, ty, &plan, bounds, Grouping::Bucket).await?;
-        Ok::<_, QueryError>((plan, counts))
+    let bounds = req.buckets.as_slice();
+    let select = Select {
+        event_type: req.filter.event_type.as_deref(),
+        per_type: false,
+        users: true,
+        sessions: false,
+        dims: false,
     };
-    let users = async { rows(&tx, BUCKET_USERS, &[&app, &range.start, &range.end, &ty, &bounds]).await };
-    let ((plan, counts), users) = tokio::try_join!(counted, users)?;
+    let (mut aggs, source) = aggregate(&tx, app, req.filter.range, bounds, select).await?;
     tx.commit().await?;
-    let mut buckets: Vec<TimelineBucket> =
-        bounds.iter().map(|&start| TimelineBucket { start, events: 0, users: 0 }).collect();
-    for ((i, _), n) in counts {
-        buckets[i].events += n;
-    }
-    for row in users {
-        let b: i32 = row.get(0);
-        buckets[usize::try_from(b.max(1) - 1).expect("non-negative")].users = row.get(1);
-    }
-    Ok(Timeline { buckets, source: Source::of(!plan.rollup.is_empty(), true) })
+    let buckets = bounds
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| match aggs.get_mut(&(i, String::new())) {
+            Some(agg) => TimelineBucket { start, events: agg.events, users: agg.users.count() },
+            None => TimelineBucket { start, events: 0, users: 0 },
+        })
+        .collect();
+    Ok(Timeline { buckets, source })
 }

@@ -11,3 +11,4 @@ mod partitions;
 mod privacy;
 mod requests;
 mod rollups;
+mod tiers;

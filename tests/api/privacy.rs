@@ -25,8 +25,17 @@ async fn erasing_a_user_deletes_their_events_and_their_rollup_counts_only() {
     let r = reply(app.http.delete(no_app).bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await;
     assert_eq!((r.status, r.body["error"]["details"]["parameter"].as_str()), (400, Some("appId")));
 
+    let overview = app.url(&format!("/api/analytics/apps/{}/overview", app.app_id));
+    let users = || async {
+        let r = reply(app.http.get(&overview).bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await;
+        (r.body["data"]["stats"]["totalEvents"].clone(), r.body["data"]["stats"]["totalUsers"].clone())
+    };
+    assert_eq!(users().await, (json!(8), json!(2)));
+
     let r = reply(app.http.delete(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // The distinct-user sketches of every tier forget the erased user.
+    assert_eq!(users().await, (json!(3), json!(1)));
     assert_eq!(r.body["data"]["deletedEvents"], 5);
     assert_eq!(app.raw_count().await, 3);
     assert_eq!(app.rollup_count().await, 3);

@@ -105,7 +105,7 @@ async fn rollups_of_a_month_missing_from_rollup_months_are_not_read() {
     }
     let (s, e) = (m.to_rfc3339(), (m + Duration::days(10)).to_rfc3339());
     let trusted = timeline(&app, &[("startDate", &s), ("endDate", &e)]).await;
-    assert_eq!((counts(&trusted).iter().sum::<i64>(), &trusted["meta"]["source"]), (3, &json!("mixed")));
+    assert_eq!((counts(&trusted).iter().sum::<i64>(), &trusted["meta"]["source"]), (3, &json!("rollup")));
     let deleted = app.db.execute("DELETE FROM rollup_months WHERE month = $1", &[&m.date_naive()]).await.unwrap();
     assert_eq!(deleted, 1);
     let raw = timeline(&app, &[("startDate", &s), ("endDate", &e)]).await;

@@ -1,0 +1,238 @@
+//! Executing a plan against the multi-tier rollups (`rollup_tiers`, see [`crate::tiers`]) and the raw
+//! rows: events, distinct users and sessions, and breakdowns per bucket (and per event type).
+//!
+//! The planner gives whole UTC hours of months whose tiers are complete (never straddling a bucket
+//! start) and raw spans for the rest. Each bucket's hour-aligned part is covered greedily by the
+//! largest tier periods inside it (UTC months, then days, then hours), so a 90-day daily timeline in
+//! UTC reads 90 day rows; in other zones days are made of hours. Uncompacted writer deltas of the
+//! covered hours are added to the piece holding their hour; raw spans add their rows' counts and ids.
+//! Distinct counts merge sketches (see [`super::sketch`]): exact while small, HyperLogLog beyond.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use futures_util::future::try_join_all;
+use uuid::Uuid;
+
+use super::plan::{month_of, plan, Span, HOUR};
+use super::store::rows;
+use super::{QueryError, Source};
+use crate::tiers::{tier_end, tier_start, Agg, DAY, HOUR as HOUR_TIER, MONTH};
+
+/// What to read.
+#[derive(Debug, Clone, Copy)]
+pub struct Select<'a> {
+    /// Only this event type.
+    pub event_type: Option<&'a str>,
+    /// Per event type (keys carry the type) or all types together (keys carry "").
+    pub per_type: bool,
+    /// Distinct users.
+    pub users: bool,
+    /// Distinct sessions.
+    pub sessions: bool,
+    /// Breakdowns.
+    pub dims: bool,
+}
+
+/// Aggregates keyed by (0-based bucket index, event type or ""); absent keys had no events.
+pub type Aggs = HashMap<(usize, String), Agg>;
+
+/// One tier period answering part of one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    tier: i16,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    bucket: usize,
+}
+
+const TRUSTED_MONTHS: &str = "SELECT month FROM rollup_months WHERE complete AND tiers AND month >= $1 AND month <= $2";
+
+// $1 app, $2/$3 tier and start of each piece, $4 event type or NULL, $5 per type, $6 users, $7 sessions,
+// $8 breakdowns. Unwanted columns are replaced by constants, so their values are never read.
+const MERGED: &str = "SELECT r.tier, r.start, CASE WHEN $5 THEN r.event_type ELSE '' END, r.events, \
+       CASE WHEN $6 THEN r.users ELSE ''::bytea END, CASE WHEN $7 THEN r.sessions ELSE ''::bytea END, \
+       CASE WHEN $8 THEN r.dims ELSE '{}'::jsonb END \
+     FROM unnest($2::int2[], $3::timestamptz[]) AS k(tier, start) \
+     JOIN rollup_tiers AS r ON r.app_id = $1 AND r.tier = k.tier AND r.start = k.start \
+     WHERE r.tier > 0 AND CASE WHEN $5 THEN r.event_type <> '' AND ($4::text IS NULL OR r.event_type = $4::text) \
+       ELSE r.event_type = COALESCE($4::text, '') END";
+
+// $1 app, $2/$3 hour range, then as MERGED.
+const DELTAS: &str = "SELECT r.start, CASE WHEN $5 THEN r.event_type ELSE '' END, r.events, \
+       CASE WHEN $6 THEN r.users ELSE ''::bytea END, CASE WHEN $7 THEN r.sessions ELSE ''::bytea END, \
+       CASE WHEN $8 THEN r.dims ELSE '{}'::jsonb END \
+     FROM rollup_tiers AS r \
+     WHERE r.app_id = $1 AND r.tier = 0 AND r.start >= $2::timestamptz AND r.start < $3::timestamptz \
+       AND CASE WHEN $5 THEN r.event_type <> '' AND ($4::text IS NULL OR r.event_type = $4::text) \
+         ELSE r.event_type = COALESCE($4::text, '') END";
+
+// $1 app, $2/$3 span, $4 event type or NULL, $5 bucket starts, $6 per type.
+const RAW: &str = "SELECT width_bucket(created_at, $5::timestamptz[]), \
+       CASE WHEN $6 THEN event_type ELSE '' END, count(*), \
+       array_agg(DISTINCT user_id) FILTER (WHERE user_id IS NOT NULL), \
+       array_agg(DISTINCT session_id) FILTER (WHERE session_id IS NOT NULL) \
+     FROM events \
+     WHERE app_id = $1 AND created_at >= $2::timestamptz AND created_at < $3::timestamptz \
+       AND ($4::text IS NULL OR event_type = $4::text) \
+     GROUP BY 1, 2";
+
+const RAW_DIMS: &str = "SELECT width_bucket(created_at, $5::timestamptz[]), \
+       CASE WHEN $6 THEN event_type ELSE '' END, \
+       COALESCE(device, ''), COALESCE(browser, ''), COALESCE(os, ''), count(*) \
+     FROM events \
+     WHERE app_id = $1 AND created_at >= $2::timestamptz AND created_at < $3::timestamptz \
+       AND ($4::text IS NULL OR event_type = $4::text) \
+     GROUP BY 1, 2, 3, 4, 5";
+
+/// Aggregates `app`'s events in `range` per bucket of `bounds` (sorted starts, the first at or before
+/// `range.start`), as `select` asks.
+pub async fn aggregate(
+    tx: &Transaction<'_>,
+    app: Uuid,
+    range: Span,
+    bounds: &[DateTime<Utc>],
+    select: Select<'_>,
+) -> Result<(Aggs, Source), QueryError> {
+    let (first, last) = (month_of(range.start), month_of(range.end));
+    let trusted: Vec<chrono::NaiveDate> =
+        rows(tx, TRUSTED_MONTHS, &[&first, &last]).await?.iter().map(|r| r.get(0)).collect();
+    let plan = plan(range, &trusted, bounds, HOUR);
+    let pieces = pieces(&plan.rollup, bounds);
+    let Select { event_type: ty, per_type, users, sessions, dims } = select;
+    let merged = async {
+        if pieces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tiers: Vec<i16> = pieces.iter().map(|p| p.tier).collect();
+        let starts: Vec<DateTime<Utc>> = pieces.iter().map(|p| p.start).collect();
+        rows(tx, MERGED, &[&app, &tiers, &starts, &ty, &per_type, &users, &sessions, &dims]).await
+    };
+    let deltas = async {
+        let (Some(lo), Some(hi)) = (pieces.first(), pieces.last()) else {
+            return Ok(Vec::new());
+        };
+        rows(tx, DELTAS, &[&app, &lo.start, &hi.end, &ty, &per_type, &users, &sessions, &dims]).await
+    };
+    let raws = try_join_all(
+        plan.raw.iter().map(|s| async move { rows(tx, RAW, &[&app, &s.start, &s.end, &ty, &bounds, &per_type]).await }),
+    );
+    let raw_dims = try_join_all(
+        plan.raw
+            .iter()
+            .filter(|_| dims)
+            .map(|s| async move { rows(tx, RAW_DIMS, &[&app, &s.start, &s.end, &ty, &bounds, &per_type]).await }),
+    );
+    let (merged, deltas, raws, raw_dims) = tokio::try_join!(merged, deltas, raws, raw_dims)?;
+
+    let mut out = Aggs::new();
+    let index: HashMap<(i16, DateTime<Utc>), usize> = pieces.iter().map(|p| ((p.tier, p.start), p.bucket)).collect();
+    for row in &merged {
+        let Some(&bucket) = index.get(&(row.get(0), row.get(1))) else { continue };
+        out.entry((bucket, row.get(2))).or_default().absorb_encoded(
+            row.get(3),
+            row.get(4),
+            Some(row.get(5)),
+            Some(&row.get(6)),
+        )?;
+    }
+    for row in &deltas {
+        let hour: DateTime<Utc> = row.get(0);
+        // The piece holding the hour; deltas of hours read raw are skipped (raw rows count them).
+        let at = pieces.partition_point(|p| p.end <= hour);
+        let Some(piece) = pieces.get(at).filter(|p| p.start <= hour) else { continue };
+        out.entry((piece.bucket, row.get(1))).or_default().absorb_encoded(
+            row.get(2),
+            row.get(3),
+            Some(row.get(4)),
+            Some(&row.get(5)),
+        )?;
+    }
+    for row in raws.iter().flatten() {
+        let agg = out.entry((bucket_index(row.get(0)), row.get(1))).or_default();
+        agg.events += row.get::<_, i64>(2);
+        for id in row.get::<_, Option<Vec<&str>>>(3).unwrap_or_default() {
+            agg.users.insert_id(id);
+        }
+        for id in row.get::<_, Option<Vec<&str>>>(4).unwrap_or_default() {
+            agg.sessions.insert_id(id);
+        }
+    }
+    for row in raw_dims.iter().flatten() {
+        let agg = out.entry((bucket_index(row.get(0)), row.get(1))).or_default();
+        let n: i64 = row.get(5);
+        for d in 0..3 {
+            *agg.dims[d].entry(row.get(2 + d)).or_default() += n;
+        }
+    }
+    Ok((out, Source::of(!pieces.is_empty(), !plan.raw.is_empty())))
+}
+
+/// width_bucket's 1-based number as an index (0 cannot occur: the first bound precedes every row).
+fn bucket_index(b: i32) -> usize {
+    usize::try_from(b.max(1) - 1).expect("non-negative")
+}
+
+/// Covers the hour-aligned `spans` (sorted, none straddling a bucket start) with the largest tier
+/// periods inside each bucket, sorted by start.
+fn pieces(spans: &[Span], bounds: &[DateTime<Utc>]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for span in spans {
+        let mut t = span.start;
+        while t < span.end {
+            let bucket = bounds.partition_point(|b| *b <= t).max(1) - 1;
+            let stop = bounds.get(bucket + 1).map_or(span.end, |next| (*next).min(span.end));
+            let tier = [MONTH, DAY]
+                .into_iter()
+                .find(|&tier| tier_start(tier, t) == t && tier_end(tier, t) <= stop)
+                .unwrap_or(HOUR_TIER);
+            let end = tier_end(tier, t);
+            out.push(Piece { tier, start: t, end, bucket });
+            t = end;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiers::HOUR as H;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn buckets_are_covered_by_months_then_days_then_hours() {
+        let bounds = [at("2026-01-30T00:00:00Z"), at("2026-03-01T00:00:00Z")];
+        let spans = [Span { start: at("2026-01-30T22:00:00Z"), end: at("2026-03-02T02:00:00Z") }];
+        let p = pieces(&spans, &bounds);
+        let got: Vec<(i16, DateTime<Utc>, usize)> = p.iter().map(|p| (p.tier, p.start, p.bucket)).collect();
+        assert_eq!(
+            got,
+            [
+                (H, at("2026-01-30T22:00:00Z"), 0),
+                (H, at("2026-01-30T23:00:00Z"), 0),
+                (DAY, at("2026-01-31T00:00:00Z"), 0),
+                (MONTH, at("2026-02-01T00:00:00Z"), 0),
+                (DAY, at("2026-03-01T00:00:00Z"), 1),
+                (H, at("2026-03-02T00:00:00Z"), 1),
+                (H, at("2026-03-02T01:00:00Z"), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_day_bucket_in_an_offset_zone_is_made_of_hours() {
+        // Europe/Berlin winter day: 23:00Z to 23:00Z.
+        let bounds = [at("2026-01-14T23:00:00Z"), at("2026-01-15T23:00:00Z"), at("2026-01-16T23:00:00Z")];
+        let spans = [Span { start: at("2026-01-14T23:00:00Z"), end: at("2026-01-16T23:00:00Z") }];
+        let p = pieces(&spans, &bounds);
+        assert_eq!(p.len(), 48);
+        assert!(p.iter().all(|p| p.tier == H));
+        assert_eq!(p.iter().filter(|p| p.bucket == 0).count(), 24);
+        assert!(p.iter().filter(|p| p.bucket == 0).all(|p| p.end <= bounds[1]));
+    }
+}
