@@ -137,3 +137,31 @@ async fn maintenance_while_ingesting_blocks_and_loses_nothing() {
     assert_eq!(app.raw_count().await, acked);
     assert_eq!(app.rollup_count().await, acked);
 }
+
+#[tokio::test]
+async fn health_names_months_whose_rollups_are_not_trusted() {
+    let app = spawn_app().await;
+    let rollups =
+        |body: &Value| body["data"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == "rollups").cloned();
+    let health = admin_get(&app, "/api/admin/partitions/health").await;
+    let check = rollups(&health.body).expect("a rollups check");
+    assert_eq!(
+        (check["status"].as_str(), check["detail"].as_str()),
+        (Some("ok"), Some("every month's rollups are complete"))
+    );
+    let current = Month::containing(Utc::now());
+    let next = current.add_months(1);
+    app.db.execute("UPDATE rollup_months SET tiers = false WHERE month = $1", &[&current.first_day()]).await.unwrap();
+    app.db.execute("DELETE FROM rollup_months WHERE month = $1", &[&next.first_day()]).await.unwrap();
+    let health = admin_get(&app, "/api/admin/partitions/health").await;
+    assert_eq!(health.body["data"]["status"], "warning", "{}", health.body);
+    let check = rollups(&health.body).unwrap();
+    assert_eq!(check["status"], "warning");
+    assert_eq!(
+        check["detail"],
+        format!(
+            "months answered from raw rows until `strata rollups rebuild` completes them: {current} (rollup tiers not \
+             built), {next} (not recorded)"
+        )
+    );
+}
