@@ -3,7 +3,7 @@
 //! browser / os breakdowns.
 //!
 //! - Ingestion appends one delta row (tier 0) per (app, hour, event type) and per (app, hour) for all
-//!   types, in the same transaction as the events ([`copy_deltas`]).
+//!   types, in the same transaction as the events ([`deltas`], [`INSERT_DELTAS`]).
 //! - The compactor ([`compact`], run every `STRATA_TIER_COMPACT_INTERVAL` by [`compact_loop`]) deletes
 //!   deltas and merges them into the hour, day and month rows in one transaction, under an advisory
 //!   lock, so one compactor runs per database and every delta is counted either as itself or in the
@@ -12,13 +12,11 @@
 //!   days and months holding them from the hours.
 
 use std::collections::{BTreeMap, HashMap};
-use std::pin::pin;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
 use deadpool_postgres::Pool;
-use postgres_types::{ToSql, Type};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use postgres_types::ToSql;
 use tokio_postgres::{Row, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -168,25 +166,45 @@ pub fn deltas(rows: &[&EventRow]) -> BTreeMap<Key, Agg> {
     out
 }
 
-const COPY_TIERS: &str = "COPY rollup_tiers (app_id, tier, start, event_type, events, users, sessions, dims) \
-     FROM STDIN BINARY";
-const COPY_TYPES: [Type; 8] =
-    [Type::UUID, Type::INT2, Type::TIMESTAMPTZ, Type::TEXT, Type::INT8, Type::BYTEA, Type::BYTEA, Type::JSONB];
+/// Inserts writer deltas (tier 0) from columns (see [`DeltaColumns`]).
+pub const INSERT_DELTAS: &str = "INSERT INTO rollup_tiers (app_id, tier, start, event_type, events, users, sessions, \
+       dims) \
+     SELECT a, 0, s, t, n, u, v, d \
+     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::bytea[], $6::bytea[], $7::jsonb[]) \
+       AS x(a, s, t, n, u, v, d)";
 
-/// Writes `deltas` as tier-0 rows inside `tx`.
-pub async fn copy_deltas(
-    tx: &deadpool_postgres::Transaction<'_>,
-    deltas: BTreeMap<Key, Agg>,
-) -> Result<(), tokio_postgres::Error> {
-    let stmt = tx.prepare_cached(COPY_TIERS).await?;
-    let sink = tx.copy_in(&stmt).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
-    for ((app, hour, ty), mut agg) in deltas {
-        let (users, sessions, dims) = (agg.users.encode(), agg.sessions.encode(), agg.dims_json());
-        writer.as_mut().write(&[&app, &DELTA, &hour, &ty, &agg.events, &users, &sessions, &dims]).await?;
+/// The parameters of [`INSERT_DELTAS`].
+#[derive(Debug, Default)]
+pub struct DeltaColumns {
+    app: Vec<Uuid>,
+    hour: Vec<DateTime<Utc>>,
+    event_type: Vec<String>,
+    events: Vec<i64>,
+    users: Vec<Vec<u8>>,
+    sessions: Vec<Vec<u8>>,
+    dims: Vec<serde_json::Value>,
+}
+
+impl DeltaColumns {
+    /// Encodes `deltas` (see [`deltas`]).
+    pub fn of(deltas: BTreeMap<Key, Agg>) -> DeltaColumns {
+        let mut c = DeltaColumns::default();
+        for ((app, hour, ty), mut agg) in deltas {
+            c.app.push(app);
+            c.hour.push(hour);
+            c.event_type.push(ty);
+            c.events.push(agg.events);
+            c.users.push(agg.users.encode());
+            c.sessions.push(agg.sessions.encode());
+            c.dims.push(agg.dims_json());
+        }
+        c
     }
-    writer.finish().await?;
-    Ok(())
+
+    /// The statement's parameters.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [&self.app, &self.hour, &self.event_type, &self.events, &self.users, &self.sessions, &self.dims]
+    }
 }
 
 /// Failures of compaction and rebuilds.

@@ -1,14 +1,20 @@
-//! One group-commit transaction: claim event ids (idempotency), COPY the new events in binary, upsert
-//! the hourly rollup deltas of exactly those events and COPY their multi-tier deltas (see
-//! [`crate::tiers`]), then commit. Every statement takes its row
-//! locks in sorted key order, so concurrent writers queue behind each other instead of deadlocking.
+//! One group-commit transaction: claim event ids (idempotency), write the new events, upsert the
+//! hourly rollup deltas of exactly those events and insert their multi-tier deltas (see
+//! [`crate::tiers`]), then commit. Every statement takes its row locks in sorted key order, so
+//! concurrent writers queue behind each other instead of deadlocking.
+//!
+//! Round trips are what a small flush waits for, so statements are pipelined: `BEGIN` travels with
+//! the claim; a small flush's events (an `INSERT ... SELECT FROM unnest(...)`), the rollup statements
+//! and `COMMIT` travel together. A big flush COPYs its events in binary first (two round trips, but
+//! the cheapest per row). If any pipelined statement fails, PostgreSQL turns the `COMMIT` into a
+//! rollback; the first error is returned and nothing is acknowledged.
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::pin;
 
 use bytes::BytesMut;
 use chrono::{DateTime, DurationRound, Timelike, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::ClientWrapper as Client;
 use postgres_types::{IsNull, ToSql, Type};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use uuid::Uuid;
@@ -63,47 +69,163 @@ const UPSERT_DIMS: &str = "INSERT INTO rollup_hourly_dims (app_id, hour, event_t
      ON CONFLICT (app_id, hour, event_type, dim, value, shard) DO UPDATE SET \
        events = rollup_hourly_dims.events + EXCLUDED.events";
 
+/// Flushes of at most this many new events insert them with one pipelined statement; bigger ones COPY.
+const INSERT_MAX_ROWS: usize = 256;
+
+const INSERT_EVENTS: &str = "INSERT INTO events (event_id, app_id, event_type, user_id, session_id, url, referrer, \
+     ip_address, user_agent, browser, os, device, screen_width, screen_height, metadata, created_at, received_at) \
+     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+       $8::inet[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::int4[], $15::jsonb[], \
+       $16::timestamptz[], $17::timestamptz[])";
+
 /// Stores the not-yet-seen events among `rows` and their rollups (in rollup shard `shard`, the
-/// writer's own) inside `tx` (not committed here). Returns, per row, whether it was new (`true`) or a
-/// duplicate of a stored or earlier row.
-pub async fn store_batch(
-    tx: &Transaction<'_>,
-    rows: &[&EventRow],
-    shard: i16,
-) -> Result<Vec<bool>, tokio_postgres::Error> {
-    let fresh = claim_ids(tx, rows).await?;
-    let new_rows: Vec<&EventRow> = rows.iter().zip(&fresh).filter(|(_, f)| **f).map(|(r, _)| *r).collect();
-    if !new_rows.is_empty() {
-        copy_rows(tx, &new_rows).await?;
-        upsert_rollups(tx, &new_rows, shard).await?;
-        // After the rollup upserts: while a rebuild holds the rollup lock they wait, so this delta
-        // is written (and becomes visible) only after the rebuild's commit.
-        crate::tiers::copy_deltas(tx, crate::tiers::deltas(&new_rows)).await?;
+/// writer's own) in one transaction on `client`, committed here. Returns, per row, whether it was new
+/// (`true`) or a duplicate of a stored or earlier row. On error nothing was committed and the
+/// connection is left outside any transaction.
+pub async fn store_batch(client: &Client, rows: &[&EventRow], shard: i16) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let result = pipelined(client, rows, shard).await;
+    if result.is_err() {
+        // A no-op (with a warning) when the COMMIT already ended the aborted transaction.
+        let _ = client.batch_execute("ROLLBACK").await;
     }
-    Ok(fresh)
+    result
 }
 
-/// Inserts (app, eventId) pairs; a pair already present, or repeated earlier in `rows`, is a duplicate.
-async fn claim_ids(tx: &Transaction<'_>, rows: &[&EventRow]) -> Result<Vec<bool>, tokio_postgres::Error> {
+async fn pipelined(client: &Client, rows: &[&EventRow], shard: i16) -> Result<Vec<bool>, tokio_postgres::Error> {
+    // Prepared (or found in the connection's cache) before anything is sent: a statement prepared
+    // inside the pipeline would reach the server after the COMMIT.
+    let statements = tokio::try_join!(
+        client.prepare_cached(CLAIM_IDS),
+        client.prepare_cached(INSERT_EVENTS),
+        client.prepare_cached(UPSERT_HOURLY),
+        client.prepare_cached(UPSERT_DIMS),
+        client.prepare_cached(crate::tiers::INSERT_DELTAS),
+    )?;
+    let (claim, insert_events, hourly, dims, tiers) = statements;
     let mut pairs: Vec<(Uuid, Uuid)> = rows.iter().map(|r| (r.app_id, r.event_id)).collect();
     pairs.sort_unstable();
     pairs.dedup();
     let (apps, ids): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
-    let claimed: HashSet<(Uuid, Uuid)> =
-        tx.query(CLAIM_IDS, &[&apps, &ids]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let claim_params: [&(dyn ToSql + Sync); 2] = [&apps, &ids];
+    let (begun, claimed) = tokio::join!(client.batch_execute("BEGIN"), client.query(&claim, &claim_params));
+    begun?;
+    let claimed: HashSet<(Uuid, Uuid)> = claimed?.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut seen = HashSet::with_capacity(rows.len());
-    Ok(rows
+    let fresh: Vec<bool> = rows
         .iter()
         .map(|r| {
             let key = (r.app_id, r.event_id);
             claimed.contains(&key) && seen.insert(key)
         })
-        .collect())
+        .collect();
+    let new_rows: Vec<&EventRow> = rows.iter().zip(&fresh).filter(|(_, f)| **f).map(|(r, _)| *r).collect();
+    if new_rows.is_empty() {
+        client.batch_execute("COMMIT").await?;
+        return Ok(fresh);
+    }
+    let small = new_rows.len() <= INSERT_MAX_ROWS;
+    if !small {
+        copy_rows(client, &new_rows).await?;
+    }
+    let columns = small.then(|| Columns::of(&new_rows));
+    let insert = async {
+        match &columns {
+            Some(c) => client.execute(&insert_events, &c.params()).await.map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    let rollups = Rollups::of(&new_rows, shard);
+    let deltas = crate::tiers::DeltaColumns::of(crate::tiers::deltas(&new_rows));
+    // In this order on the wire (each future sends its message on its first poll, and join! polls them
+    // in order first): the events, the rollup upserts (which wait while a rebuild holds the rollup
+    // lock), the tier deltas, COMMIT.
+    let (hourly_params, dims_params, tier_params) = (rollups.hourly_params(), rollups.dims_params(), deltas.params());
+    let (inserted, hourly, dims, tiers, committed) = tokio::join!(
+        insert,
+        client.execute(&hourly, &hourly_params),
+        client.execute(&dims, &dims_params),
+        client.execute(&tiers, &tier_params),
+        client.batch_execute("COMMIT"),
+    );
+    inserted?;
+    hourly?;
+    dims?;
+    tiers?;
+    committed?;
+    Ok(fresh)
 }
 
-async fn copy_rows(tx: &Transaction<'_>, rows: &[&EventRow]) -> Result<(), tokio_postgres::Error> {
-    let stmt = tx.prepare_cached(COPY_EVENTS).await?;
-    let sink = tx.copy_in(&stmt).await?;
+/// The columns of [`INSERT_EVENTS`].
+struct Columns<'a> {
+    event_id: Vec<Uuid>,
+    app_id: Vec<Uuid>,
+    event_type: Vec<&'a str>,
+    user_id: Vec<Option<&'a str>>,
+    session_id: Vec<Option<&'a str>>,
+    url: Vec<Option<&'a str>>,
+    referrer: Vec<Option<&'a str>>,
+    ip: Vec<Option<std::net::IpAddr>>,
+    user_agent: Vec<Option<&'a str>>,
+    browser: Vec<Option<&'a str>>,
+    os: Vec<Option<&'a str>>,
+    device: Vec<Option<&'a str>>,
+    screen_width: Vec<Option<i32>>,
+    screen_height: Vec<Option<i32>>,
+    metadata: Vec<Option<RawJson<'a>>>,
+    created_at: Vec<DateTime<Utc>>,
+    received_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &[&'a EventRow]) -> Columns<'a> {
+        let ua = |r: &'a EventRow| r.ua.as_deref();
+        Columns {
+            event_id: rows.iter().map(|r| r.event_id).collect(),
+            app_id: rows.iter().map(|r| r.app_id).collect(),
+            event_type: rows.iter().map(|r| r.event_type.as_str()).collect(),
+            user_id: rows.iter().map(|r| r.user_id.as_deref()).collect(),
+            session_id: rows.iter().map(|r| r.session_id.as_deref()).collect(),
+            url: rows.iter().map(|r| r.url.as_deref()).collect(),
+            referrer: rows.iter().map(|r| r.referrer.as_deref()).collect(),
+            ip: rows.iter().map(|r| r.ip).collect(),
+            user_agent: rows.iter().map(|r| ua(r).map(|u| u.user_agent.as_str())).collect(),
+            browser: rows.iter().map(|r| ua(r).and_then(|u| u.browser.as_deref())).collect(),
+            os: rows.iter().map(|r| ua(r).and_then(|u| u.os.as_deref())).collect(),
+            device: rows.iter().map(|r| ua(r).map(|u| u.device.as_str())).collect(),
+            screen_width: rows.iter().map(|r| r.screen_width).collect(),
+            screen_height: rows.iter().map(|r| r.screen_height).collect(),
+            metadata: rows.iter().map(|r| r.metadata.as_deref().map(RawJson)).collect(),
+            created_at: rows.iter().map(|r| r.created_at).collect(),
+            received_at: rows.iter().map(|r| r.received_at).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 17] {
+        [
+            &self.event_id,
+            &self.app_id,
+            &self.event_type,
+            &self.user_id,
+            &self.session_id,
+            &self.url,
+            &self.referrer,
+            &self.ip,
+            &self.user_agent,
+            &self.browser,
+            &self.os,
+            &self.device,
+            &self.screen_width,
+            &self.screen_height,
+            &self.metadata,
+            &self.created_at,
+            &self.received_at,
+        ]
+    }
+}
+
+async fn copy_rows(client: &Client, rows: &[&EventRow]) -> Result<(), tokio_postgres::Error> {
+    let stmt = client.prepare_cached(COPY_EVENTS).await?;
+    let sink = client.copy_in(&stmt).await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
     for r in rows {
         let ua = r.ua.as_deref();
@@ -142,48 +264,68 @@ pub fn hour_and_quarter(t: DateTime<Utc>) -> (DateTime<Utc>, usize) {
 
 type HourKey<'a> = (Uuid, DateTime<Utc>, &'a str);
 
-async fn upsert_rollups(tx: &Transaction<'_>, rows: &[&EventRow], shard: i16) -> Result<(), tokio_postgres::Error> {
-    let mut hourly: BTreeMap<HourKey, [i64; 4]> = BTreeMap::new();
-    let mut dims: BTreeMap<(HourKey, &str, &str), i64> = BTreeMap::new();
-    for r in rows {
-        let (hour, q) = hour_and_quarter(r.created_at);
-        let key = (r.app_id, hour, r.event_type.as_str());
-        hourly.entry(key).or_default()[q] += 1;
-        let ua = r.ua.as_deref();
-        let values = [
-            ("device", ua.map(|u| u.device.as_str())),
-            ("browser", ua.and_then(|u| u.browser.as_deref())),
-            ("os", ua.and_then(|u| u.os.as_deref())),
-        ];
-        for (dim, value) in values {
-            *dims.entry((key, dim, value.unwrap_or(""))).or_default() += 1;
+/// The parameters of [`UPSERT_HOURLY`] and [`UPSERT_DIMS`] for a set of events, sorted by key.
+#[derive(Default)]
+struct Rollups<'a> {
+    shard: i16,
+    app: Vec<Uuid>,
+    hour: Vec<DateTime<Utc>>,
+    event_type: Vec<&'a str>,
+    quarters: [Vec<i64>; 4],
+    dim_app: Vec<Uuid>,
+    dim_hour: Vec<DateTime<Utc>>,
+    dim_type: Vec<&'a str>,
+    dim: Vec<&'a str>,
+    value: Vec<&'a str>,
+    count: Vec<i64>,
+}
+
+impl<'a> Rollups<'a> {
+    fn of(rows: &[&'a EventRow], shard: i16) -> Rollups<'a> {
+        let mut hourly: BTreeMap<HourKey, [i64; 4]> = BTreeMap::new();
+        let mut dims: BTreeMap<(HourKey, &str, &str), i64> = BTreeMap::new();
+        for r in rows {
+            let (hour, q) = hour_and_quarter(r.created_at);
+            let key = (r.app_id, hour, r.event_type.as_str());
+            hourly.entry(key).or_default()[q] += 1;
+            let ua = r.ua.as_deref();
+            let values = [
+                ("device", ua.map(|u| u.device.as_str())),
+                ("browser", ua.and_then(|u| u.browser.as_deref())),
+                ("os", ua.and_then(|u| u.os.as_deref())),
+            ];
+            for (dim, value) in values {
+                *dims.entry((key, dim, value.unwrap_or(""))).or_default() += 1;
+            }
         }
-    }
-    let (mut a, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
-    let mut q: [Vec<i64>; 4] = Default::default();
-    for ((app, hour, ty), counts) in &hourly {
-        a.push(*app);
-        h.push(*hour);
-        t.push(*ty);
-        for i in 0..4 {
-            q[i].push(counts[i]);
+        let mut out = Rollups { shard, ..Rollups::default() };
+        for ((app, hour, ty), counts) in hourly {
+            out.app.push(app);
+            out.hour.push(hour);
+            out.event_type.push(ty);
+            for (column, n) in out.quarters.iter_mut().zip(counts) {
+                column.push(n);
+            }
         }
+        for (((app, hour, ty), dim, value), n) in dims {
+            out.dim_app.push(app);
+            out.dim_hour.push(hour);
+            out.dim_type.push(ty);
+            out.dim.push(dim);
+            out.value.push(value);
+            out.count.push(n);
+        }
+        out
     }
-    let (mut da, mut dh, mut dt, mut k, mut v, mut n) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (((app, hour, ty), dim, value), count) in &dims {
-        da.push(*app);
-        dh.push(*hour);
-        dt.push(*ty);
-        k.push(*dim);
-        v.push(*value);
-        n.push(*count);
+
+    fn hourly_params(&self) -> [&(dyn ToSql + Sync); 8] {
+        let q = &self.quarters;
+        [&self.app, &self.hour, &self.event_type, &q[0], &q[1], &q[2], &q[3], &self.shard]
     }
-    let (hourly_stmt, dims_stmt) = tokio::try_join!(tx.prepare_cached(UPSERT_HOURLY), tx.prepare_cached(UPSERT_DIMS))?;
-    // Both upserts are sent together (pipelined on the connection): one round trip instead of two.
-    let hourly_params: [&(dyn ToSql + Sync); 8] = [&a, &h, &t, &q[0], &q[1], &q[2], &q[3], &shard];
-    let dims_params: [&(dyn ToSql + Sync); 7] = [&da, &dh, &dt, &k, &v, &n, &shard];
-    tokio::try_join!(tx.execute(&hourly_stmt, &hourly_params), tx.execute(&dims_stmt, &dims_params))?;
-    Ok(())
+
+    fn dims_params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [&self.dim_app, &self.dim_hour, &self.dim_type, &self.dim, &self.value, &self.count, &self.shard]
+    }
 }
 
 /// JSON text already validated and serialised by the handler, written without re-encoding.

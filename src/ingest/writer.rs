@@ -219,10 +219,8 @@ impl Writer {
 
     async fn try_store(&self, rows: &[&EventRow]) -> Result<Vec<bool>, StoreError> {
         self.ensure_months(rows).await?;
-        let mut client = self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
-        let tx = client.transaction().await?;
-        let fresh = store_batch(&tx, rows, self.shard).await?;
-        tx.commit().await?;
+        let client = self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
+        let fresh = store_batch(&client, rows, self.shard).await?;
         // One generation bump per app per flush; Redis is updated in the background.
         self.cache.invalidate_apps(rows.iter().map(|r| r.app_id));
         Ok(fresh)

@@ -104,6 +104,48 @@ async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
 }
 
 #[tokio::test]
+async fn a_failure_in_the_last_pipelined_statement_commits_nothing_of_its_flush() {
+    // One writer, so every flush reuses the same connection: it must come back outside any transaction.
+    let app = spawn_app_with(|c| c.writers = 1).await;
+    app.db
+        .batch_execute(
+            "CREATE FUNCTION poison_tier() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.event_type = 'poison' THEN RAISE EXCEPTION 'poisoned tier delta'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER poison_tier BEFORE INSERT ON rollup_tiers FOR EACH ROW EXECUTE FUNCTION poison_tier();",
+        )
+        .await
+        .unwrap();
+    let batch = |n: usize, poison: bool| -> Vec<serde_json::Value> {
+        (0..n).map(|i| json!({"eventType": if poison && i == n / 2 { "poison" } else { "good" }})).collect()
+    };
+    // Small flushes insert their events in the pipeline; flushes over 256 events COPY them first.
+    for (n, poison, status) in [(2, false, 201), (2, true, 422), (300, true, 422), (300, false, 201), (1, false, 201)] {
+        let reply = app.post_batch(&batch(n, poison)).await;
+        assert_eq!(reply.status, status, "{n} events, poison {poison}: {}", reply.body);
+    }
+    let rows: Vec<(String, i64)> = app
+        .db
+        .query("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![("good".to_string(), 303)]);
+    assert_eq!(app.rollup_count().await, 303);
+    let tier_events: i64 = app
+        .db
+        .query_one(
+            "SELECT COALESCE(sum(events), 0)::int8 FROM rollup_tiers WHERE tier IN (0, 1) AND event_type = ''",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tier_events, 303);
+}
+
+#[tokio::test]
 async fn sigterm_drains_every_accepted_event_before_exit() {
     let db_name = create_test_database().await;
     let db = connect(&db_name).await;
