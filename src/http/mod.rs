@@ -22,6 +22,7 @@ pub mod admin;
 pub mod analytics;
 pub mod body;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .fallback(error::fallback)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(guard::reject_nul))
         .layer(axum::middleware::from_fn(move |req, next| crate::metrics::track_requests(slow, req, next)))
         // Outside the routes, so preflights and error answers carry CORS headers too.
         .layer(cors(&state.cfg.cors_origins))

@@ -4,6 +4,7 @@ mod accounts;
 mod analytics;
 mod cache;
 mod helpers;
+mod hostile;
 mod ingest;
 mod lifecycle;
 mod metrics;
