@@ -26,6 +26,7 @@ pub mod guard;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
 pub mod privacy;
 
 /// Cheap handles shared by every handler.
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(analytics::router())
         .merge(accounts::router())
         .merge(metrics::router())
+        .merge(openapi::router())
         .fallback(error::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(guard::reject_nul))
