@@ -52,6 +52,38 @@ async fn sql_looking_text_is_stored_and_echoed_verbatim_in_every_field_and_param
     )
     .await;
     assert_eq!((r.status, r.body["data"]["accepted"].as_u64()), (201, Some(1)), "{}", r.body);
+    // The fields that are not free text refuse it by name; nothing is stored.
+    for text in SQL {
+        for (field, code) in [
+            ("timestamp", "invalid_timestamp"),
+            ("sentAt", "invalid_timestamp"),
+            ("eventId", "invalid_event_id"),
+            ("screenWidth", "invalid_type"),
+            ("metadata", "invalid_type"),
+        ] {
+            let event = json!({"eventType": "typed", field: text});
+            let r = reply(
+                app.http
+                    .post(app.url("/api/events/track"))
+                    .header("X-API-Key", &key)
+                    .json(&event)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_error(&r, 400, code, field);
+        }
+        let r = send(&app, Method::POST, "/api/keys", Some(&token), Some(json!({"appId": text, "name": "k"}))).await;
+        assert_error(&r, 404, "app_not_found", "key appId");
+        let body = json!({"appId": mine, "name": "k", "expiresInDays": text});
+        assert_error(
+            &send(&app, Method::POST, "/api/keys", Some(&token), Some(body)).await,
+            400,
+            "invalid_body",
+            "days",
+        );
+    }
     const STORED: &str =
         "SELECT event_type, user_id, session_id, url, referrer, metadata FROM events WHERE user_id = $1";
     for text in SQL {
@@ -81,12 +113,28 @@ async fn sql_looking_text_is_stored_and_echoed_verbatim_in_every_field_and_param
                 .await;
         assert_eq!((r.status, r.body["data"]["userId"].as_str()), (200, Some(text)), "{}", r.body);
         assert_eq!(r.body["data"]["summary"]["totalEvents"], 1);
-        for (name, code_param) in
-            [("tz", "tz"), ("startDate", "startDate"), ("end_date", "endDate"), ("interval", "interval")]
-        {
+        let q = format!("/api/analytics/events/summary?{base}&event_type={}", enc(text));
+        let r = send(&app, Method::GET, &q, Some(&token), None).await;
+        assert_eq!((r.status, r.body["data"][0]["eventType"].as_str()), (200, Some(text)), "{}", r.body);
+        for (name, code_param) in [
+            ("tz", "tz"),
+            ("timezone", "tz"),
+            ("startDate", "startDate"),
+            ("start_date", "startDate"),
+            ("endDate", "endDate"),
+            ("end_date", "endDate"),
+            ("interval", "interval"),
+            ("granularity", "interval"),
+        ] {
             let q = format!("/api/analytics/events/timeline?appId={mine}&{name}={}", enc(text));
             assert_parameter(&send(&app, Method::GET, &q, Some(&token), None).await, code_param, &q);
         }
+        for (name, code_param) in [("tz", "tz"), ("startDate", "startDate"), ("endDate", "endDate")] {
+            let q = format!("/api/analytics/apps/{mine}/overview?{name}={}", enc(text));
+            assert_parameter(&send(&app, Method::GET, &q, Some(&token), None).await, code_param, &q);
+        }
+        let q = format!("/api/analytics/users/u?app_id={}", enc(text));
+        assert_error(&send(&app, Method::DELETE, &q, Some(&token), None).await, 404, "app_not_found", &q);
         for path in [
             format!("/api/analytics/events/timeline?appId={}", enc(text)),
             format!("/api/analytics/events/summary?app_id={}", enc(text)),
@@ -98,6 +146,8 @@ async fn sql_looking_text_is_stored_and_echoed_verbatim_in_every_field_and_param
         }
         for (path, caller, parameter) in [
             (format!("/api/apps?limit={}", enc(text)), token.as_str(), "query"),
+            (format!("/api/apps?offset={}", enc(text)), token.as_str(), "query"),
+            (format!("/api/keys?limit={}", enc(text)), token.as_str(), "query"),
             (format!("/api/keys?offset={}", enc(text)), token.as_str(), "query"),
             (format!("/api/admin/maintenance/runs?limit={}", enc(text)), ADMIN_TOKEN, "limit"),
             (format!("/api/admin/slow-queries?limit={}", enc(text)), ADMIN_TOKEN, "limit"),
