@@ -161,6 +161,10 @@ async fn register(s: AppState, body: Body<RegisterIn>) -> Answer {
 #[tracing::instrument(skip_all)]
 async fn login(s: AppState, body: Body<LoginIn>) -> Answer {
     let Json(b) = body.map_err(bad_body)?;
+    // PostgreSQL text cannot hold U+0000: such an email could only fail in the lookup.
+    if b.email.contains('\0') {
+        return Err(invalid("email", "email must not contain NUL characters"));
+    }
     let found = store::owner_for_login(&**db(&s).await?, &b.email).await.map_err(account_error)?;
     let (owner, hash) = match found {
         Some((owner, hash)) => (Some(owner), hash),

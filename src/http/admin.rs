@@ -2,6 +2,7 @@
 //! statistics; a health verdict with reasons; maintenance history and run-now; index usage; slow
 //! queries from pg_stat_statements when the extension is installed.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -113,12 +114,19 @@ struct RunsQuery {
     limit: Option<i64>,
 }
 
+/// A query string that does not deserialise (its one parameter, `limit`, is not an integer in range),
+/// as JSON like every other error.
+fn bad_limit(e: QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_parameter", e.body_text()).with_details(json!({"parameter": "limit"}))
+}
+
 #[tracing::instrument(skip_all)]
 async fn runs(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<RunsQuery>,
+    query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(bad_limit)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("invalid_parameter", "limit must be between 1 and 1000")
@@ -172,8 +180,9 @@ const SLOW: &str = "SELECT query, calls, total_exec_time, mean_exec_time, rows F
 async fn slow_queries(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<RunsQuery>,
+    query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(bad_limit)?;
     let client = admin_client(&s, &headers).await?;
     let installed: i64 = client.query_one(HAS_STATEMENTS, &[]).await.map_err(job_error)?.get(0);
     if installed == 0 {

@@ -22,9 +22,11 @@ pub mod admin;
 pub mod analytics;
 pub mod body;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
 pub mod privacy;
 
 /// Cheap handles shared by every handler.
@@ -73,8 +75,10 @@ pub fn router(state: AppState) -> Router {
         .merge(analytics::router())
         .merge(accounts::router())
         .merge(metrics::router())
+        .merge(openapi::router())
         .fallback(error::fallback)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(guard::reject_nul))
         .layer(axum::middleware::from_fn(move |req, next| crate::metrics::track_requests(slow, req, next)))
         // Outside the routes, so preflights and error answers carry CORS headers too.
         .layer(cors(&state.cfg.cors_origins))

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -17,17 +18,18 @@ use super::AppState;
 pub async fn erase_user(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(user_id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate(&s, &headers)?;
+    // Rejections (a path or query that is not UTF-8 once decoded) as JSON like every other error.
+    let Path(user_id) = path.map_err(|e| invalid("userId", e.body_text()))?;
+    let Query(q) = query.map_err(|e| invalid("query", e.body_text()))?;
     let app_id = q.get("appId").or_else(|| q.get("app_id")).ok_or_else(|| {
         ApiError::bad_request("invalid_parameter", "appId is required: erasure is per app")
             .with_details(json!({"parameter": "appId"}))
     })?;
-    crate::query::params::parse_user_id(&user_id).map_err(|e| {
-        ApiError::bad_request("invalid_parameter", e.to_string()).with_details(json!({"parameter": "userId"}))
-    })?;
+    crate::query::params::parse_user_id(&user_id).map_err(|e| invalid("userId", e.to_string()))?;
     let app = authorize_app(&s, &caller, app_id).await?;
     let mut client = s.pool.get().await.map_err(|e| {
         tracing::warn!(error = %e, "no database connection");
@@ -36,4 +38,8 @@ pub async fn erase_user(
     let deleted = crate::privacy::erase_user(&mut client, app.id, &user_id).await.map_err(ApiError::internal)?;
     s.cache.invalidate_apps([app.id]);
     Ok(Json(json!({"success": true, "data": {"appId": app.id, "userId": user_id, "deletedEvents": deleted}})))
+}
+
+fn invalid(parameter: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_parameter", message).with_details(json!({ "parameter": parameter }))
 }

@@ -1,0 +1,52 @@
+//! Refuses NUL characters (`%00`) in the query string and in path parameters before any handler
+//! runs. PostgreSQL text cannot hold U+0000, so such a value bound to a query would fail there as a
+//! 500; no parameter of this API can legitimately contain one. Answers 400 `invalid_parameter` with
+//! `details.parameter` naming the parameter (or `path` when the path matched no route).
+
+use axum::extract::{MatchedPath, Query, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::error::ApiError;
+
+/// The middleware: passes requests without NUL in their parameters on.
+pub async fn reject_nul(req: Request, next: Next) -> Response {
+    match nul_parameter(&req) {
+        Some(parameter) => {
+            ApiError::bad_request("invalid_parameter", format!("{parameter} must not contain NUL characters"))
+                .with_details(json!({ "parameter": parameter }))
+                .into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+/// The first parameter of `req` holding a NUL, if any.
+fn nul_parameter(req: &Request) -> Option<String> {
+    let uri = req.uri();
+    // Undecodable query strings are left to the handlers, which refuse them with their own message.
+    if let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(uri) {
+        for (name, value) in pairs {
+            if name.contains('\0') {
+                return Some("query".to_string());
+            }
+            if value.contains('\0') {
+                return Some(name);
+            }
+        }
+    }
+    // A raw path holds a NUL only as `%00` (`%2500` is the text "%00", not a NUL).
+    let path = uri.path();
+    if !path.contains("%00") {
+        return None;
+    }
+    let template = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let segment = path.split('/').position(|s| s.contains("%00"))?;
+    let name = template
+        .as_deref()
+        .and_then(|t| t.split('/').nth(segment))
+        .and_then(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .unwrap_or("path");
+    Some(name.to_string())
+}
