@@ -104,6 +104,9 @@ impl Filter {
                 format!("eventType is longer than {EVENT_TYPE_MAX_CHARS} characters"),
             ));
         }
+        if event_type.as_ref().is_some_and(|t| t.contains('\0')) {
+            return Err(ParamError::new("eventType", "eventType must not contain NUL characters"));
+        }
         let start = p.get("startDate", "start_date")?.map(|v| parse_bound("startDate", v, tz, false)).transpose()?;
         let end = p.get("endDate", "end_date")?.map(|v| parse_bound("endDate", v, tz, true)).transpose()?;
         let (earliest, latest) = (instant(EARLIEST_SECS), instant(LATEST_SECS));
@@ -184,12 +187,24 @@ pub fn parse_user_id(v: &str) -> Result<&str, ParamError> {
     if v.is_empty() || v.chars().count() > USER_ID_MAX_CHARS {
         return Err(ParamError::new("userId", format!("userId must have 1 to {USER_ID_MAX_CHARS} characters")));
     }
+    if v.contains('\0') {
+        return Err(ParamError::new("userId", "userId must not contain NUL characters"));
+    }
     Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_refused_where_postgresql_text_cannot_hold_them() {
+        let p = Params::new(vec![("eventType".into(), "a\0b".into())]);
+        let e = Filter::parse(&p, Utc::now(), RangeDefault::LastDays).unwrap_err();
+        assert_eq!((e.parameter, e.message.as_str()), ("eventType", "eventType must not contain NUL characters"));
+        let e = parse_user_id("u\0").unwrap_err();
+        assert_eq!((e.parameter, e.message.as_str()), ("userId", "userId must not contain NUL characters"));
+    }
 
     fn params(q: &[(&str, &str)]) -> Params {
         Params::new(q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
