@@ -51,17 +51,26 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing() {
     assert_eq!(app.track(&json!({"eventType": "later"})).await.status, 201);
 }
 
+/// Makes every insert into `table` of a row whose event_type is 'poison' fail.
+async fn poison_inserts_into(db: &tokio_postgres::Client, table: &str) {
+    let sql = format!(
+        "CREATE FUNCTION poison_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.event_type = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER poison BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION poison_{table}();"
+    );
+    db.batch_execute(&sql).await.unwrap();
+}
+
+/// Stored events per type.
+async fn events_by_type(db: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    let sql = "SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 1";
+    db.query(sql, &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
 #[tokio::test]
 async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
     let app = std::sync::Arc::new(spawn_app_with(|c| c.writers = 1).await);
-    app.db
-        .batch_execute(
-            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-               IF NEW.event_type = 'poison' THEN RAISE EXCEPTION 'poisoned event'; END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison();",
-        )
-        .await
-        .unwrap();
+    poison_inserts_into(&app.db, "events").await;
     let mut blocker = connect(&app.db_name).await;
     let tx = blocker.transaction().await.unwrap();
     tx.batch_execute("LOCK TABLE rollup_hourly IN EXCLUSIVE MODE").await.unwrap();
@@ -91,14 +100,7 @@ async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
             assert_eq!(reply.status, 201, "{}", reply.body);
         }
     }
-    let rows: Vec<(String, i64)> = app
-        .db
-        .query("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 1", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows = events_by_type(&app.db).await;
     assert_eq!(rows, vec![("good".to_string(), 10), ("head".to_string(), 1)]);
     assert_eq!(app.rollup_count().await, 11);
 }
@@ -107,14 +109,7 @@ async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
 async fn a_failure_in_the_last_pipelined_statement_commits_nothing_of_its_flush() {
     // One writer, so every flush reuses the same connection: it must come back outside any transaction.
     let app = spawn_app_with(|c| c.writers = 1).await;
-    app.db
-        .batch_execute(
-            "CREATE FUNCTION poison_tier() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-               IF NEW.event_type = 'poison' THEN RAISE EXCEPTION 'poisoned tier delta'; END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER poison_tier BEFORE INSERT ON rollup_tiers FOR EACH ROW EXECUTE FUNCTION poison_tier();",
-        )
-        .await
-        .unwrap();
+    poison_inserts_into(&app.db, "rollup_tiers").await;
     let batch = |n: usize, poison: bool| -> Vec<serde_json::Value> {
         (0..n).map(|i| json!({"eventType": if poison && i == n / 2 { "poison" } else { "good" }})).collect()
     };
@@ -123,14 +118,7 @@ async fn a_failure_in_the_last_pipelined_statement_commits_nothing_of_its_flush(
         let reply = app.post_batch(&batch(n, poison)).await;
         assert_eq!(reply.status, status, "{n} events, poison {poison}: {}", reply.body);
     }
-    let rows: Vec<(String, i64)> = app
-        .db
-        .query("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 1", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows = events_by_type(&app.db).await;
     assert_eq!(rows, vec![("good".to_string(), 303)]);
     assert_eq!(app.rollup_count().await, 303);
     let tier_events: i64 = app
