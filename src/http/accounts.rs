@@ -98,7 +98,12 @@ struct ListQuery {
 
 /// Runs `answer` unless the client IP is over the auth rate limit: then 429 with `Retry-After` and
 /// `RateLimit-*` headers, before any database or hashing work.
-async fn throttled(s: &AppState, headers: &HeaderMap, peer: SocketAddr, answer: impl Future<Output = Answer>) -> Response {
+async fn throttled(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    answer: impl Future<Output = Answer>,
+) -> Response {
     let ip = client_ip(s.cfg.trusted_proxy_header.as_deref(), headers, peer).to_string();
     let what = "too many attempts from this address";
     match super::limits::check(s.limits.auth.as_deref(), &ip, 1, what).await {

@@ -22,19 +22,19 @@ pub struct ApiError {
     /// Structured details (e.g. per-event errors), or null.
     pub details: Value,
     /// Extra response headers (e.g. `Retry-After` and `RateLimit-*` of a 429); they win over the
-    /// defaults.
-    pub headers: HeaderMap,
+    /// defaults. Boxed: most errors have none, and `Result`s carrying an `ApiError` stay small.
+    pub headers: Option<Box<HeaderMap>>,
 }
 
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: Value::Null, headers: HeaderMap::new() }
+        ApiError { status, code, message: message.into(), details: Value::Null, headers: None }
     }
 
     /// Adds response headers.
     pub fn with_headers(mut self, headers: HeaderMap) -> ApiError {
-        self.headers.extend(headers);
+        self.headers.get_or_insert_with(Box::default).extend(headers);
         self
     }
 
@@ -81,7 +81,7 @@ impl IntoResponse for ApiError {
         if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
-        for (name, value) in self.headers {
+        for (name, value) in self.headers.map(|h| *h).unwrap_or_default() {
             if let Some(name) = name {
                 resp.headers_mut().insert(name, value);
             }

@@ -6,6 +6,7 @@ mod cache;
 mod helpers;
 mod ingest;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod partitions;
 mod privacy;

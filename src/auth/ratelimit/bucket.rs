@@ -76,7 +76,10 @@ mod tests {
             assert_eq!(b.take(l, 1, t), Decision::Allowed { remaining: 9 - i });
         }
         assert_eq!(b.take(l, 1, t), Decision::Limited { retry_after: Duration::from_secs(90) });
-        assert_eq!(b.take(l, 1, t + Duration::from_secs(89)), Decision::Limited { retry_after: Duration::from_secs(1) });
+        assert_eq!(
+            b.take(l, 1, t + Duration::from_secs(89)),
+            Decision::Limited { retry_after: Duration::from_secs(1) }
+        );
         assert_eq!(b.take(l, 1, t + Duration::from_secs(90)), Decision::Allowed { remaining: 0 });
         assert_eq!(b.unsynced, 11);
         assert!(!b.idle(t + Duration::from_secs(990)));
