@@ -1,6 +1,6 @@
 //! The Redis side of the limiters: one key per limited key, `{prefix}rl:{limiter}:{key}`, holding
 //! the shared bucket's full-again time in Redis-clock microseconds (expiring when the bucket is full
-//! again). Instances report the tokens they took with [`SYNC`], which pushes the time forward and
+//! again). Instances report the tokens they took with `SYNC`, which pushes the time forward and
 //! answers how far ahead of now it is; a report of zero only reads. Redis's own clock is used, so
 //! instances' clocks need not agree.
 //!
