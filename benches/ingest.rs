@@ -1061,6 +1061,13 @@ fn print_header(settings: &Settings, busy_before: CpuUse) {
     if !inherited.is_empty() {
         println!("server settings inherited from the environment: {}", inherited.join(" "));
     }
+    // Rate limits would cap the figures: say which were in force (both are off unless set).
+    let limit = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "off".into());
+    println!(
+        "ingestion rate limits per API key: requests {}, events {}",
+        limit("STRATA_INGEST_RATE_LIMIT"),
+        limit("STRATA_INGEST_EVENT_RATE_LIMIT")
+    );
     let busy = busy_before.machine_busy * 100.0;
     if busy >= 15.0 {
         println!("WARNING: the machine was {busy:.0}% busy before the run: other processes compete for the cores;");

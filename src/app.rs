@@ -62,6 +62,7 @@ impl Application {
             partition_lock_timeout: cfg.partition_lock_timeout,
         };
         let cache = Cache::start(&cfg, background_stop.clone(), &tracker);
+        let limits = crate::auth::ratelimit::Limits::start(&cfg, background_stop.clone(), &tracker);
         let queue = writer::start(pool.clone(), writer_cfg, cache.clone(), background_stop.clone(), &tracker);
         let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), cfg.key_cache_ttl);
         // Keys revoked on other instances leave this one's key cache at once (over the cache bus).
@@ -94,6 +95,7 @@ impl Application {
             accept_window,
             cache,
             authz: http::authz_cache(),
+            limits,
         };
         Ok(Application { listener, state, background_stop, tracker })
     }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::ratelimit::RateLimit;
+
 /// A setting that could not be read; the message names it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {name}={value:?}: {reason}")]
@@ -56,8 +58,16 @@ pub struct Config {
     /// `STRATA_TOKEN_TTL` (default `7d`, the original's): lifetime of owner bearer tokens.
     pub token_ttl: Duration,
     /// `STRATA_AUTH_RATE_LIMIT` (default `10/15m`, the original's; `off` disables): register and
-    /// login attempts per client IP, per instance.
-    pub auth_rate_limit: Option<crate::auth::ratelimit::RateLimit>,
+    /// login attempts per client IP, shared by the instances through Redis when `REDIS_URL` is set.
+    pub auth_rate_limit: Option<RateLimit>,
+    /// `STRATA_INGEST_RATE_LIMIT` (default off): ingestion requests per API key.
+    pub ingest_rate_limit: Option<RateLimit>,
+    /// `STRATA_INGEST_EVENT_RATE_LIMIT` (default off): ingested events per API key (a batch of 100
+    /// costs 100).
+    pub ingest_event_rate_limit: Option<RateLimit>,
+    /// `STRATA_ANALYTICS_RATE_LIMIT` (default off): analytics requests per bearer token (owner token,
+    /// or the admin token).
+    pub analytics_rate_limit: Option<RateLimit>,
     /// `STRATA_DB_POOL_SIZE` (default 16): PostgreSQL connections per process.
     pub db_pool_size: usize,
     /// `STRATA_DB_TIMEOUT` (default `5s`): longest wait for a pooled connection or a query before
@@ -138,7 +148,10 @@ impl Default for Config {
             key_secret: None,
             jwt_secret: None,
             token_ttl: Duration::from_secs(7 * 86_400),
-            auth_rate_limit: Some(crate::auth::ratelimit::RateLimit { requests: 10, window: Duration::from_secs(900) }),
+            auth_rate_limit: Some(RateLimit { requests: 10, window: Duration::from_secs(900) }),
+            ingest_rate_limit: None,
+            ingest_event_rate_limit: None,
+            analytics_rate_limit: None,
             db_pool_size: 16,
             db_timeout: Duration::from_secs(5),
             ingest_queue_capacity: 100_000,
@@ -247,12 +260,17 @@ impl Config {
             get(k).map_or(Ok(d), |v| parse_with(k, &v, parse_duration))
         };
         c.token_ttl = dur("STRATA_TOKEN_TTL", c.token_ttl)?;
-        if let Some(v) = get("STRATA_AUTH_RATE_LIMIT") {
-            c.auth_rate_limit = match v.trim() {
-                "off" => None,
-                limit => Some(parse_with("STRATA_AUTH_RATE_LIMIT", limit, crate::auth::ratelimit::RateLimit::parse)?),
-            };
-        }
+        let rate = |k: &str, d: Option<RateLimit>| -> Result<Option<RateLimit>, ConfigError> {
+            match get(k) {
+                None => Ok(d),
+                Some(v) if v.trim() == "off" => Ok(None),
+                Some(v) => parse_with(k, &v, RateLimit::parse).map(Some),
+            }
+        };
+        c.auth_rate_limit = rate("STRATA_AUTH_RATE_LIMIT", c.auth_rate_limit)?;
+        c.ingest_rate_limit = rate("STRATA_INGEST_RATE_LIMIT", c.ingest_rate_limit)?;
+        c.ingest_event_rate_limit = rate("STRATA_INGEST_EVENT_RATE_LIMIT", c.ingest_event_rate_limit)?;
+        c.analytics_rate_limit = rate("STRATA_ANALYTICS_RATE_LIMIT", c.analytics_rate_limit)?;
         c.freshness = dur("STRATA_FRESHNESS", c.freshness)?;
         c.cache_ttl_recent = dur("STRATA_CACHE_TTL_RECENT", c.cache_ttl_recent)?;
         c.cache_ttl_closed = dur("STRATA_CACHE_TTL_CLOSED", c.cache_ttl_closed)?;
@@ -435,6 +453,27 @@ mod tests {
         assert_eq!(err.name, "STRATA_AUTH_RATE_LIMIT");
         let err = Config::from_vars(&vars(&[("STRATA_TOKEN_TTL", "0s")])).unwrap_err();
         assert_eq!(err.name, "STRATA_TOKEN_TTL");
+    }
+
+    #[test]
+    fn ingestion_and_analytics_rate_limits_are_off_by_default_and_configurable() {
+        let c = Config::default();
+        assert_eq!((c.ingest_rate_limit, c.ingest_event_rate_limit, c.analytics_rate_limit), (None, None, None));
+        let c = Config::from_vars(&vars(&[
+            ("STRATA_INGEST_RATE_LIMIT", "100/1s"),
+            ("STRATA_INGEST_EVENT_RATE_LIMIT", "5000/1s"),
+            ("STRATA_ANALYTICS_RATE_LIMIT", "60/1m"),
+        ]))
+        .unwrap();
+        assert_eq!(c.ingest_rate_limit, Some(RateLimit { requests: 100, window: Duration::from_secs(1) }));
+        assert_eq!(c.ingest_event_rate_limit, Some(RateLimit { requests: 5000, window: Duration::from_secs(1) }));
+        assert_eq!(c.analytics_rate_limit, Some(RateLimit { requests: 60, window: Duration::from_secs(60) }));
+        let c = Config::from_vars(&vars(&[("STRATA_INGEST_RATE_LIMIT", "off")])).unwrap();
+        assert_eq!(c.ingest_rate_limit, None);
+        for name in ["STRATA_INGEST_RATE_LIMIT", "STRATA_INGEST_EVENT_RATE_LIMIT", "STRATA_ANALYTICS_RATE_LIMIT"] {
+            let err = Config::from_vars(&vars(&[(name, "100/fortnight")])).unwrap_err();
+            assert_eq!(err.name, name);
+        }
     }
 
     #[test]

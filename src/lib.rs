@@ -6,7 +6,7 @@
 //! - [`embedded`]: the private PostgreSQL cluster used when no `DATABASE_URL` is set.
 //! - [`accounts`]: owners, apps and API keys in storage (CLI and the accounts API).
 //! - [`auth`]: API-key authentication with its in-process cache, bearer tokens, owner passwords,
-//!   per-IP rate limits of the auth endpoints.
+//!   rate limits (auth per IP, ingestion per API key, analytics per token) shared through Redis.
 //! - [`cache`]: the analytics cache: L1 moka, L2 Redis, one read-through facade with single flight.
 //! - [`ingest`]: event validation and normalisation, user-agent parsing, the bounded queue and the
 //!   group-commit writers that COPY events and upsert rollups in one transaction.

@@ -1,5 +1,6 @@
 //! Authentication: API keys for ingestion ([`keys`]), bearer tokens for reading ([`bearer`] for the
-//! admin token, [`tokens`] for owners' signed tokens) and owner passwords ([`password`]).
+//! admin token, [`tokens`] for owners' signed tokens), owner passwords ([`password`]) and rate limits
+//! ([`ratelimit`]).
 
 pub mod bearer;
 pub mod keys;

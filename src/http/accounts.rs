@@ -7,11 +7,9 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,21 +25,15 @@ use super::AppState;
 use crate::accounts::{self as store, AccountError, CreatedKey, Owner, Page};
 use crate::auth::bearer::bearer_token;
 use crate::auth::password::{self, PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
-use crate::auth::ratelimit::{Decision, IpRateLimiter};
 use crate::auth::tokens::{self, Claims};
 
-/// The accounts routes. Register and login share one per-IP limiter, made on first use from
-/// `STRATA_AUTH_RATE_LIMIT` (the router is built before the state it will be given).
+/// The accounts routes. Register and login share the per-IP limiter `STRATA_AUTH_RATE_LIMIT`.
 pub fn router() -> Router<AppState> {
-    let throttle = AuthThrottle::default();
-    let t = throttle.clone();
-    let register = move |State(s): State<AppState>, ConnectInfo(peer), headers: HeaderMap, b: Body<RegisterIn>| {
-        let t = t.clone();
-        async move { throttled(&t, &s.clone(), &headers, peer, register(s, b)).await }
+    let register = |State(s): State<AppState>, ConnectInfo(peer), headers: HeaderMap, b: Body<RegisterIn>| async move {
+        throttled(&s.clone(), &headers, peer, register(s, b)).await
     };
-    let login = move |State(s): State<AppState>, ConnectInfo(peer), headers: HeaderMap, b: Body<LoginIn>| {
-        let t = throttle.clone();
-        async move { throttled(&t, &s.clone(), &headers, peer, login(s, b)).await }
+    let login = |State(s): State<AppState>, ConnectInfo(peer), headers: HeaderMap, b: Body<LoginIn>| async move {
+        throttled(&s.clone(), &headers, peer, login(s, b)).await
     };
     Router::new()
         .route("/api/auth/register", post(register))
@@ -104,42 +96,26 @@ struct ListQuery {
     app_id: Option<String>,
 }
 
-/// The auth endpoints' limiter, `None` inside when limits are off.
-type AuthThrottle = Arc<OnceLock<Option<IpRateLimiter>>>;
-
 /// Runs `answer` unless the client IP is over the auth rate limit: then 429 with `Retry-After` and
 /// `RateLimit-*` headers, before any database or hashing work.
 async fn throttled(
-    t: &AuthThrottle,
     s: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
     answer: impl Future<Output = Answer>,
 ) -> Response {
-    let Some(limiter) = t.get_or_init(|| s.cfg.auth_rate_limit.map(IpRateLimiter::new)) else {
-        return answer.await.into_response();
-    };
-    let ip = client_ip(s.cfg.trusted_proxy_header.as_deref(), headers, peer);
-    let limit = limiter.limit();
-    let (mut resp, remaining, reset) = match limiter.check(ip, Instant::now()) {
-        Decision::Allowed { remaining } => (answer.await.into_response(), remaining, 0),
-        Decision::Limited { retry_after } => {
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            let msg = format!("too many attempts from this address; retry in {secs} s");
-            let mut resp = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg).into_response();
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            (resp, 0, secs)
+    let ip = client_ip(s.cfg.trusted_proxy_header.as_deref(), headers, peer).to_string();
+    let what = "too many attempts from this address";
+    match super::limits::check(s.limits.auth.as_deref(), &ip, 1, what).await {
+        Ok(quota) => {
+            let mut resp = answer.await.into_response();
+            if let Some(q) = quota {
+                resp.headers_mut().extend(q.headers());
+            }
+            resp
         }
-    };
-    let h = resp.headers_mut();
-    h.insert("ratelimit-limit", HeaderValue::from(limit.requests));
-    h.insert("ratelimit-remaining", HeaderValue::from(remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(reset));
-    h.insert(
-        "ratelimit-policy",
-        HeaderValue::from_str(&format!("{};w={}", limit.requests, limit.window.as_secs())).expect("ASCII"),
-    );
-    resp
+        Err(e) => e.into_response(),
+    }
 }
 
 #[tracing::instrument(skip_all)]

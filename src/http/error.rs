@@ -2,7 +2,7 @@
 //! `{"success": false, "error": {"code", "message", "details"}}` with a stable code; 5xx bodies hide
 //! internals while the cause is logged.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -21,12 +21,21 @@ pub struct ApiError {
     pub message: String,
     /// Structured details (e.g. per-event errors), or null.
     pub details: Value,
+    /// Extra response headers (e.g. `Retry-After` and `RateLimit-*` of a 429); they win over the
+    /// defaults. Boxed: most errors have none, and `Result`s carrying an `ApiError` stay small.
+    pub headers: Option<Box<HeaderMap>>,
 }
 
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: Value::Null }
+        ApiError { status, code, message: message.into(), details: Value::Null, headers: None }
+    }
+
+    /// Adds response headers.
+    pub fn with_headers(mut self, headers: HeaderMap) -> ApiError {
+        self.headers.get_or_insert_with(Box::default).extend(headers);
+        self
     }
 
     /// Adds details.
@@ -71,6 +80,11 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, Json(body)).into_response();
         if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        for (name, value) in self.headers.map(|h| *h).unwrap_or_default() {
+            if let Some(name) = name {
+                resp.headers_mut().insert(name, value);
+            }
         }
         resp
     }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::body::read_json;
 use super::error::ApiError;
+use super::limits::{self, Quota};
 use super::AppState;
 use crate::auth::keys::{KeyInfo, KeyRejection};
 use crate::ingest::event::{parse_event, time_field, EventContext, EventRow};
@@ -24,7 +25,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/events/track", post(track)).route("/api/events/track/batch", post(track_batch))
 }
 
-type Created = (StatusCode, Json<Value>);
+type Created = (StatusCode, HeaderMap, Json<Value>);
 
 #[tracing::instrument(skip_all)]
 async fn track(
@@ -34,7 +35,8 @@ async fn track(
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
-    let (key, value) = authenticated_body(&s, &headers, body, received_at).await?;
+    let (key, value, requests) = authenticated_body(&s, &headers, body, received_at).await?;
+    let quota = Quota::tighter(requests, limit_events(&s, &key, 1).await?);
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
     let row = parse_event(&value, &ctx, &s.ua).map_err(|e| {
         crate::metrics::ingest_events(0, 1, 0);
@@ -45,7 +47,8 @@ async fn track(
     let ack = commit(&s, vec![row]).await?;
     crate::metrics::ingest_events(ack.stored, 0, ack.duplicates);
     let data = json!({"eventId": event_id, "duplicate": ack.duplicates > 0});
-    Ok((StatusCode::CREATED, Json(json!({"success": true, "message": "Event tracked successfully", "data": data}))))
+    let body = json!({"success": true, "message": "Event tracked successfully", "data": data});
+    Ok((StatusCode::CREATED, rate_headers(quota), Json(body)))
 }
 
 #[tracing::instrument(skip_all)]
@@ -56,8 +59,10 @@ async fn track_batch(
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
-    let (key, value) = authenticated_body(&s, &headers, body, received_at).await?;
+    let (key, value, requests) = authenticated_body(&s, &headers, body, received_at).await?;
     let events = batch_events(&value, s.cfg.batch_max_events)?;
+    let cost = u32::try_from(events.len()).unwrap_or(u32::MAX);
+    let quota = Quota::tighter(requests, limit_events(&s, &key, cost).await?);
     let sent_at = match value.get("sentAt").or_else(|| value.get("sent_at")).filter(|v| !v.is_null()) {
         Some(v) => Some(time_field("sentAt", v).map_err(|e| ApiError::bad_request(e.code, e.message))?),
         None => None,
@@ -78,30 +83,56 @@ async fn track_batch(
         (StatusCode::MULTI_STATUS, format!("{} events tracked successfully, {} rejected", ids.len(), errors.len()))
     };
     let data = json!({"accepted": ids.len(), "duplicates": ack.duplicates, "eventIds": ids, "errors": errors});
-    Ok((status, Json(json!({"success": true, "message": message, "data": data}))))
+    Ok((status, rate_headers(quota), Json(json!({"success": true, "message": message, "data": data}))))
 }
 
-/// Authenticates by header before reading the body (cheap refusal), else by the body's `apiKey`.
+/// Authenticates by header before reading the body (cheap refusal), else by the body's `apiKey`;
+/// then takes one request of the key's `STRATA_INGEST_RATE_LIMIT`.
 async fn authenticated_body(
     s: &AppState,
     headers: &HeaderMap,
     body: Body,
     now: DateTime<Utc>,
-) -> Result<(KeyInfo, Value), ApiError> {
+) -> Result<(KeyInfo, Value, Option<Quota>), ApiError> {
     let header_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or(""));
     let early = match header_key {
-        Some(k) => Some(authenticate(s, Some(k), now).await?),
+        Some(k) => {
+            let key = authenticate(s, Some(k), now).await?;
+            let quota = limit_requests(s, &key).await?;
+            Some((key, quota))
+        }
         None => None,
     };
     let value = read_json(headers, body, s.cfg.body_max_bytes).await?;
     if !value.is_object() {
         return Err(ApiError::bad_request("invalid_body", "request body must be a JSON object"));
     }
-    let key = match early {
+    let (key, quota) = match early {
         Some(k) => k,
-        None => authenticate(s, value.get("apiKey").and_then(Value::as_str), now).await?,
+        None => {
+            let key = authenticate(s, value.get("apiKey").and_then(Value::as_str), now).await?;
+            let quota = limit_requests(s, &key).await?;
+            (key, quota)
+        }
     };
-    Ok((key, value))
+    Ok((key, value, quota))
+}
+
+/// One request of the key's `STRATA_INGEST_RATE_LIMIT`, or the 429.
+async fn limit_requests(s: &AppState, key: &KeyInfo) -> Result<Option<Quota>, ApiError> {
+    let what = "too many requests with this API key";
+    limits::check(s.limits.ingest.as_deref(), &key.key_id.to_string(), 1, what).await
+}
+
+/// `events` of the key's `STRATA_INGEST_EVENT_RATE_LIMIT`, or the 429 (413 for more than the burst).
+async fn limit_events(s: &AppState, key: &KeyInfo, events: u32) -> Result<Option<Quota>, ApiError> {
+    let what = "too many events with this API key";
+    limits::check(s.limits.ingest_events.as_deref(), &key.key_id.to_string(), events, what).await
+}
+
+/// The `RateLimit-*` headers of the tighter ingestion limit, if any is on.
+fn rate_headers(quota: Option<Quota>) -> HeaderMap {
+    quota.map(Quota::headers).unwrap_or_default()
 }
 
 async fn authenticate(s: &AppState, key: Option<&str>, now: DateTime<Utc>) -> Result<KeyInfo, ApiError> {

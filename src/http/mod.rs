@@ -25,6 +25,7 @@ pub mod error;
 pub mod guard;
 pub mod health;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod privacy;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub authz: moka::future::Cache<(Option<(uuid::Uuid, uuid::Uuid)>, uuid::Uuid), crate::query::apps::AppInfo>,
     /// Oldest acceptable event age (the acceptance window, never past retention).
     pub accept_window: chrono::Duration,
+    /// Rate limiters (auth per IP, ingestion per API key, analytics per token).
+    pub limits: crate::auth::ratelimit::Limits,
 }
 
 /// Lifetime of an authorisation answer in [`AppState::authz`].
@@ -72,7 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ingest::router())
         .merge(health::router())
         .merge(admin::router())
-        .merge(analytics::router())
+        .merge(analytics::router().route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::analytics)))
         .merge(accounts::router())
         .merge(metrics::router())
         .merge(openapi::router())

@@ -7,6 +7,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod openapi;
 mod partitions;
