@@ -116,8 +116,8 @@ impl Application {
     /// before this returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let grace = self.state.cfg.shutdown_grace;
-        let app = http::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        let header_timeout = self.state.cfg.header_timeout;
+        http::serve::serve(self.listener, http::router(self.state), header_timeout, shutdown).await;
         tracing::info!("HTTP stopped; draining the ingest queue");
         self.background_stop.cancel();
         self.tracker.close();

@@ -26,6 +26,7 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod privacy;
+pub mod serve;
 
 /// Cheap handles shared by every handler.
 #[derive(Clone)]
