@@ -9,5 +9,6 @@ mod lifecycle;
 mod metrics;
 mod partitions;
 mod privacy;
+mod reliability;
 mod requests;
 mod rollups;
