@@ -438,6 +438,15 @@ mod tests {
     }
 
     #[test]
+    fn header_timeout_is_configurable_and_must_be_positive() {
+        assert_eq!(Config::default().header_timeout, Duration::from_secs(10));
+        let c = Config::from_vars(&vars(&[("STRATA_HEADER_TIMEOUT", "2s")])).unwrap();
+        assert_eq!(c.header_timeout, Duration::from_secs(2));
+        let err = Config::from_vars(&vars(&[("STRATA_HEADER_TIMEOUT", "0s")])).unwrap_err();
+        assert_eq!(err.name, "STRATA_HEADER_TIMEOUT");
+    }
+
+    #[test]
     fn env_overrides_defaults() {
         let c = Config::from_vars(&vars(&[
             ("STRATA_LISTEN", "127.0.0.1:0"),

@@ -9,6 +9,7 @@ mod cluster;
 mod load;
 mod redis;
 mod slow;
+mod stuck;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -103,9 +104,14 @@ async fn acknowledged_events_survive_postgres_restart_and_postmaster_kill_exactl
     assert!(statuses_between(outcomes, restart_began, restarted + Duration::from_secs(1)).contains(&503));
     assert!(statuses_between(outcomes, kill_began, started_again + Duration::from_secs(1)).contains(&503));
     assert!(result.max_latency < request_timeout, "slowest answer took {:?}", result.max_latency);
-    for (fault, end) in [("restart", restarted), ("kill -9", started_again)] {
+    let done = Instant::now();
+    for (fault, end, next) in [("restart", restarted, kill_began), ("kill -9", started_again, done)] {
         let recovery = recovery_after(outcomes, end).expect("acknowledged again after the fault");
+        eprintln!("{fault}: first acknowledgement {recovery:?} after the database was back");
         assert!(recovery < Duration::from_secs(5), "{fault}: first acknowledgement {recovery:?} after the fault ended");
+        // Recovered for good: no stale pooled connection fails a request later on.
+        let later = statuses_between(outcomes, end + Duration::from_secs(2), next);
+        assert!(!later.is_empty() && later.iter().all(|s| *s == 201), "{fault}: later answers {later:?}");
     }
     let db = strata::db::connect(&cluster.url).await.unwrap();
     assert_exactly_once(&db, app.id, &result.acked).await;
