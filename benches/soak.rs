@@ -64,7 +64,7 @@ const BROWSERS: [&str; 1] = ["Chrome"];
 const OSES: [&str; 1] = ["Linux"];
 const USER_AGENT: &str = "Mozilla/5.0 (soak)";
 const COPY_CHUNK: usize = 1;
-const COPY_STREAMS: usize = 1;
+const COPY_STREAMS: usize = 2;
 
 fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
