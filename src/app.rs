@@ -60,6 +60,7 @@ impl Application {
             flush_max_events: cfg.flush_max_events,
             writers: cfg.writers,
             partition_lock_timeout: cfg.partition_lock_timeout,
+            store_timeout: cfg.request_timeout,
         };
         let cache = Cache::start(&cfg, background_stop.clone(), &tracker);
         let limits = crate::auth::ratelimit::Limits::start(&cfg, background_stop.clone(), &tracker);
@@ -119,8 +120,8 @@ impl Application {
     /// before this returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let grace = self.state.cfg.shutdown_grace;
-        let app = http::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        let header_timeout = self.state.cfg.header_timeout;
+        http::serve::serve(self.listener, http::router(self.state), header_timeout, shutdown).await;
         tracing::info!("HTTP stopped; draining the ingest queue");
         self.background_stop.cancel();
         self.tracker.close();

@@ -119,6 +119,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `STRATA_REQUEST_TIMEOUT` (default `30s`): longest a request may take end to end.
     pub request_timeout: Duration,
+    /// `STRATA_HEADER_TIMEOUT` (default `10s`): a connection that has not sent a complete request head
+    /// within this time (slowloris, or an idle keep-alive connection) is closed.
+    pub header_timeout: Duration,
     /// `STRATA_METRICS_TOKEN`: when set, `/metrics` needs this bearer token (or the admin token).
     pub metrics_token: Option<String>,
     /// `STRATA_SLOW_REQUEST` (default `1s`): requests slower than this are logged with their timing.
@@ -175,6 +178,7 @@ impl Default for Config {
             partition_lock_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
             metrics_token: None,
             slow_request: Duration::from_secs(1),
             slow_query: Duration::from_millis(500),
@@ -314,6 +318,7 @@ impl Config {
         c.partition_lock_timeout = dur("STRATA_PARTITION_LOCK_TIMEOUT", c.partition_lock_timeout)?;
         c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
+        c.header_timeout = dur("STRATA_HEADER_TIMEOUT", c.header_timeout)?;
         c.metrics_token = get("STRATA_METRICS_TOKEN");
         c.slow_request = dur("STRATA_SLOW_REQUEST", c.slow_request)?;
         c.slow_query = dur("STRATA_SLOW_QUERY", c.slow_query)?;
@@ -366,6 +371,9 @@ impl Config {
         }
         if self.token_ttl < Duration::from_secs(1) {
             return Err(invalid("STRATA_TOKEN_TTL", &format!("{:?}", self.token_ttl), "must be at least 1s"));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(invalid("STRATA_HEADER_TIMEOUT", "0", "must be positive"));
         }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("STRATA_MAINTENANCE_INTERVAL", "0", "must be positive"));
@@ -474,6 +482,15 @@ mod tests {
             let err = Config::from_vars(&vars(&[(name, "100/fortnight")])).unwrap_err();
             assert_eq!(err.name, name);
         }
+    }
+
+    #[test]
+    fn header_timeout_is_configurable_and_must_be_positive() {
+        assert_eq!(Config::default().header_timeout, Duration::from_secs(10));
+        let c = Config::from_vars(&vars(&[("STRATA_HEADER_TIMEOUT", "2s")])).unwrap();
+        assert_eq!(c.header_timeout, Duration::from_secs(2));
+        let err = Config::from_vars(&vars(&[("STRATA_HEADER_TIMEOUT", "0s")])).unwrap_err();
+        assert_eq!(err.name, "STRATA_HEADER_TIMEOUT");
     }
 
     #[test]

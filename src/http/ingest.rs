@@ -225,16 +225,29 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
         .or_else(|| s.trim_start_matches('[').split(']').next()?.parse().ok())
 }
 
+/// Share of `STRATA_REQUEST_TIMEOUT` a request waits for its commit: the rest leaves time to answer
+/// 503 `commit_timeout` before the request timeout would cut the request off with a bare 408.
+const COMMIT_WAIT_SHARE: f64 = 0.9;
+
 async fn commit(s: &AppState, rows: Vec<EventRow>) -> Result<FlushAck, ApiError> {
     let n = rows.len();
     let rx = s.queue.submit(rows).map_err(|_| {
         ApiError::unavailable("queue_full", "the ingest queue is full; retry after the Retry-After delay")
     })?;
-    match rx.await {
+    // A stuck database (locks, a hung server) must not hold the client past the request timeout. The
+    // job stays queued and may still commit: retrying with the same eventIds is safe either way.
+    let Ok(reply) = tokio::time::timeout(s.cfg.request_timeout.mul_f64(COMMIT_WAIT_SHARE), rx).await else {
+        return Err(ApiError::unavailable(
+            "commit_timeout",
+            "the commit did not finish in time and may still happen; retry with the same eventIds",
+        ));
+    };
+    match reply {
         Ok(Ok(ack)) => Ok(ack),
         Ok(Err(FlushError::Unavailable(_))) => Err(ApiError::unavailable(
             "database_unavailable",
-            "the database is unavailable; nothing was stored, retry with the same eventIds",
+            // A connection lost during COMMIT leaves the outcome unknown: not "nothing was stored".
+            "the database is unavailable; the events are not acknowledged: retry with the same eventIds",
         )),
         Ok(Err(FlushError::Rejected(detail))) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -29,6 +29,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod privacy;
+pub mod serve;
 
 /// Cheap handles shared by every handler.
 #[derive(Clone)]

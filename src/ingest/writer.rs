@@ -96,6 +96,9 @@ pub struct WriterConfig {
     pub writers: usize,
     /// lock_timeout of on-demand partition creation.
     pub partition_lock_timeout: Duration,
+    /// Longest a flush may wait for the database (a frozen server or a dead host would otherwise hold
+    /// the writer, and the queue capacity of its jobs, until TCP gives up).
+    pub store_timeout: Duration,
 }
 
 /// Creates the queue and spawns the writers; they stop once `stop` is cancelled and the queue is empty.
@@ -220,7 +223,19 @@ impl Writer {
     async fn try_store(&self, rows: &[&EventRow]) -> Result<Vec<bool>, StoreError> {
         self.ensure_months(rows).await?;
         let client = self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
-        let fresh = store_batch(&client, rows, self.shard).await?;
+        let fresh = match tokio::time::timeout(self.cfg.store_timeout, store_batch(&client, rows, self.shard)).await {
+            Ok(stored) => stored?,
+            Err(_) => {
+                // The connection may be mid-transaction: close it rather than return it to the pool.
+                // Had the COMMIT already been sent, the events may still commit; they were not
+                // acknowledged, and a retry with the same eventIds is stored once.
+                drop(deadpool_postgres::Object::take(client));
+                return Err(StoreError::Pool(format!(
+                    "no answer from the database within {:?}",
+                    self.cfg.store_timeout
+                )));
+            }
+        };
         // One generation bump per app per flush; Redis is updated in the background.
         self.cache.invalidate_apps(rows.iter().map(|r| r.app_id));
         Ok(fresh)

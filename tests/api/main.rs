@@ -12,6 +12,7 @@ mod metrics;
 mod openapi;
 mod partitions;
 mod privacy;
+mod reliability;
 mod requests;
 mod rollups;
 mod tiers;
