@@ -156,6 +156,8 @@ pub struct Inner {
     ttl_closed: Duration,
     /// Answers computed from the database (for tests and benchmarks).
     computations: AtomicU64,
+    /// Lookups sent to Redis (for tests).
+    l2_lookups: AtomicU64,
     /// True while the bus subscription is live.
     bus_connected: AtomicBool,
     /// Apps whose Redis generation bump failed: retried by [`retry_bumps_loop`] until Redis takes
@@ -207,6 +209,7 @@ impl Cache {
             ttl_recent: cfg.cache_ttl_recent,
             ttl_closed: cfg.cache_ttl_closed,
             computations: AtomicU64::new(0),
+            l2_lookups: AtomicU64::new(0),
             bus_connected: AtomicBool::new(false),
             pending_bumps: Mutex::new(HashSet::new()),
             key_revoked: std::sync::OnceLock::new(),
@@ -229,6 +232,11 @@ impl Cache {
     /// Answers computed from the database so far (single flight makes identical misses count once).
     pub fn computations(&self) -> u64 {
         self.inner.computations.load(Ordering::Relaxed)
+    }
+
+    /// Answer lookups sent to Redis so far (single flight makes identical misses count once).
+    pub fn l2_lookups(&self) -> u64 {
+        self.inner.l2_lookups.load(Ordering::Relaxed)
     }
 
     /// True while this instance is subscribed to the invalidation bus.
@@ -432,6 +440,7 @@ impl Inner {
     {
         let mut gen = None;
         if let Some(l2) = &self.l2 {
+            self.l2_lookups.fetch_add(1, Ordering::Relaxed);
             match l2.lookup(key).await {
                 Ok(found) => {
                     if let Some(c) = found.value.and_then(|b| Cached::decode(b, Tier::L2)) {
@@ -524,5 +533,22 @@ async fn warn_unless_lru(l2: L2) {
         }
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "could not read Redis maxmemory-policy"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_form_round_trips_and_malformed_values_are_misses() {
+        let c = Cached { data: Bytes::from_static(br#"[{"a":1}]"#), source: Source::Mixed, origin: Tier::Miss };
+        let stored = Bytes::from(c.encode());
+        assert_eq!(&stored[..], &b"mixed\n[{\"a\":1}]"[..]);
+        let back = Cached::decode(stored, Tier::L2).unwrap();
+        assert_eq!((&back.data[..], back.source, back.origin), (&c.data[..], Source::Mixed, Tier::L2));
+        for bad in [&b"mixed"[..], b"mixed\n", b"sideways\n[]", b"{\"data\":[],\"source\":\"raw\"}"] {
+            assert!(Cached::decode(Bytes::copy_from_slice(bad), Tier::L2).is_none(), "{bad:?}");
+        }
     }
 }

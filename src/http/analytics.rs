@@ -506,3 +506,39 @@ fn breakdown_json(b: &Breakdown) -> Value {
 fn instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Params {
+        Params::new(p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn ranges_through_today_are_remembered_relative_to_today_and_others_as_given() {
+        let today = Utc::now().date_naive();
+        let day = |n: i64| (today + chrono::Duration::days(n)).format("%Y-%m-%d").to_string();
+        let rolling = pairs(&[("appId", "x"), ("start_date", &day(-89)), ("endDate", &day(0)), ("interval", "day")]);
+        let r = recipe("timeline", None, &rolling, TIMELINE_PARAMS, Tz::UTC).unwrap();
+        let expected = [("startDate", "@-89"), ("endDate", "@0"), ("interval", "day")];
+        assert_eq!(r.params, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+
+        let closed = pairs(&[("startDate", "2026-01-01"), ("endDate", "2026-01-31"), ("tz", "Europe/Berlin")]);
+        let r = recipe("summary", None, &closed, FILTER_PARAMS, chrono_tz::Europe::Berlin).unwrap();
+        let expected = [("tz", "Europe/Berlin"), ("startDate", "2026-01-01"), ("endDate", "2026-01-31")];
+        assert_eq!(r.params, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+
+    #[test]
+    fn a_remembered_rolling_range_moves_with_the_day() {
+        let r = Recipe {
+            endpoint: "timeline".into(),
+            path: None,
+            params: vec![("startDate".into(), "@-89".into()), ("endDate".into(), "@0".into())],
+        };
+        let p = materialise(&r, "2026-11-27T00:00:01Z".parse().unwrap()).unwrap();
+        assert_eq!(p.get("startDate", "start_date").unwrap(), Some("2026-08-30"));
+        assert_eq!(p.get("endDate", "end_date").unwrap(), Some("2026-11-27"));
+    }
+}
