@@ -44,9 +44,9 @@ const BUMP: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET',
 /// Retries of one command inside the connection manager: the request's timeout bounds them anyway.
 const CONNECT_RETRIES: usize = 1;
 
-/// Longest wait for background commands (generation bumps, warming records): nobody waits for them,
-/// so they get longer than a request's lookup.
-const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for background commands (generation bumps, warming records, a lookup overtaken by
+/// a computation): nobody waits for them, so they get longer than a request's lookup.
+pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Warming records expire after a week without requests.
 const WARM_RECORD_TTL_SECS: u64 = 7 * 86_400;
@@ -146,13 +146,23 @@ impl L2 {
         }
     }
 
-    /// The app's generation and the answer stored for `key` under it.
+    /// The request's wait for a lookup (`STRATA_REDIS_TIMEOUT`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The app's generation and the answer stored for `key` under it, within the request's timeout.
     pub async fn lookup(&self, key: &QueryKey) -> Result<Lookup, L2Error> {
+        self.lookup_within(key, self.timeout).await
+    }
+
+    /// Like [`L2::lookup`], waiting up to `limit`.
+    pub async fn lookup_within(&self, key: &QueryKey, limit: Duration) -> Result<Lookup, L2Error> {
         let full = key.l2_key(&self.prefix, "\u{0}");
         let (head, tail) = full.split_once('\u{0}').ok_or(L2Error::Reply)?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(LOOKUP).arg(1).arg(self.gen_key(key.app)).arg(epoch()).arg(head).arg(tail).arg(self.gen_ttl_secs());
-        let mut parts: Vec<Vec<u8>> = self.run(&cmd).await?;
+        let mut parts: Vec<Vec<u8>> = self.run_within(&cmd, limit).await?;
         if parts.is_empty() || parts.len() > 2 {
             return Err(L2Error::Reply);
         }

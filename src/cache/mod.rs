@@ -6,7 +6,8 @@
 //!   down or slow Redis is counted in `strata_redis_errors_total` and skipped.
 //! - Single flight across both tiers: identical concurrent L1 misses (same app generation and query)
 //!   share one L2 lookup and, when L2 misses, fails or times out, one computation; with L1 disabled
-//!   too. A cancelled leader hands over to one of the waiters; a failure is shared by the requests that
+//!   too. A lookup slower than `STRATA_REDIS_TIMEOUT` keeps running beside the computation (up to
+//!   1 s) and answers if it comes first. A cancelled leader hands over to one of the waiters; a failure is shared by the requests that
 //!   waited for it, never cached.
 //! - Answers are kept serialised ([`Cached::data`], the response's `data` as JSON bytes): a hit
 //!   copies bytes into the response envelope, it never parses or clones a JSON tree.
@@ -154,7 +155,7 @@ pub struct Inner {
     freshness: Duration,
     ttl_recent: Duration,
     ttl_closed: Duration,
-    /// Answers computed from the database (for tests and benchmarks).
+    /// Computations started (for tests and benchmarks).
     computations: AtomicU64,
     /// Lookups sent to Redis (for tests).
     l2_lookups: AtomicU64,
@@ -229,7 +230,7 @@ impl Cache {
         self.inner.freshness
     }
 
-    /// Answers computed from the database so far (single flight makes identical misses count once).
+    /// Computations started so far (single flight makes identical misses count once).
     pub fn computations(&self) -> u64 {
         self.inner.computations.load(Ordering::Relaxed)
     }
@@ -439,10 +440,13 @@ impl Inner {
         Fut: Future<Output = Result<(Value, Source), QueryError>>,
     {
         let mut gen = None;
+        // A lookup still running after the request's timeout: raced against the computation.
+        let mut late = None;
         if let Some(l2) = &self.l2 {
             self.l2_lookups.fetch_add(1, Ordering::Relaxed);
-            match l2.lookup(key).await {
-                Ok(found) => {
+            let mut lookup = Box::pin(l2.lookup_within(key, l2::BACKGROUND_TIMEOUT));
+            match tokio::time::timeout(l2.timeout(), &mut lookup).await {
+                Ok(Ok(found)) => {
                     if let Some(c) = found.value.and_then(|b| Cached::decode(b, Tier::L2)) {
                         counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit").increment(1);
                         return Ok(Arc::new(c));
@@ -450,14 +454,38 @@ impl Inner {
                     counter!("strata_cache_requests_total", "tier" => "l2", "result" => "miss").increment(1);
                     gen = Some(found.gen);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     counter!("strata_redis_errors_total").increment(1);
                     tracing::debug!(error = %e, "redis lookup failed; computing");
+                }
+                Err(_) => {
+                    counter!("strata_redis_errors_total").increment(1);
+                    tracing::debug!("redis lookup slower than the timeout; computing unless it answers first");
+                    late = Some(lookup);
                 }
             }
         }
         self.computations.fetch_add(1, Ordering::Relaxed);
-        let (data, source) = compute().await?;
+        let computing = compute();
+        let (data, source) = match late {
+            None => computing.await?,
+            Some(lookup) => {
+                // Redis slower than the timeout but faster than the database still answers. Whatever
+                // it says, nothing is stored: its generation may postdate the computation's start.
+                tokio::pin!(computing);
+                tokio::select! {
+                    biased;
+                    computed = &mut computing => computed?,
+                    found = lookup => match found.ok().and_then(|f| f.value).and_then(|b| Cached::decode(b, Tier::L2)) {
+                        Some(c) => {
+                            counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit").increment(1);
+                            return Ok(Arc::new(c));
+                        }
+                        None => computing.await?,
+                    },
+                }
+            }
+        };
         // Serialising a `Value` cannot fail (its keys are strings).
         let data = Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| b"null".to_vec()));
         let cached = Cached { data, source, origin: Tier::Miss };
