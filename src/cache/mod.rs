@@ -159,6 +159,8 @@ pub struct Inner {
     computations: AtomicU64,
     /// Lookups sent to Redis (for tests).
     l2_lookups: AtomicU64,
+    /// Request counters, registered once (hits only add to an atomic).
+    metrics: Counters,
     /// True while the bus subscription is live.
     bus_connected: AtomicBool,
     /// Apps whose Redis generation bump failed: retried by [`retry_bumps_loop`] until Redis takes
@@ -211,6 +213,7 @@ impl Cache {
             ttl_closed: cfg.cache_ttl_closed,
             computations: AtomicU64::new(0),
             l2_lookups: AtomicU64::new(0),
+            metrics: Counters::register(),
             bus_connected: AtomicBool::new(false),
             pending_bumps: Mutex::new(HashSet::new()),
             key_revoked: std::sync::OnceLock::new(),
@@ -254,8 +257,8 @@ impl Cache {
     {
         let hit = self.inner.get(key, compute).await?;
         if self.inner.l1.is_some() {
-            let result = if hit.tier == Tier::L1 { "hit" } else { "miss" };
-            counter!("strata_cache_requests_total", "tier" => "l1", "result" => result).increment(1);
+            let m = &self.inner.metrics;
+            if hit.tier == Tier::L1 { &m.l1_hit } else { &m.l1_miss }.increment(1);
         }
         Ok(hit)
     }
@@ -448,10 +451,10 @@ impl Inner {
             match tokio::time::timeout(l2.timeout(), &mut lookup).await {
                 Ok(Ok(found)) => {
                     if let Some(c) = found.value.and_then(|b| Cached::decode(b, Tier::L2)) {
-                        counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit").increment(1);
+                        self.metrics.l2_hit.increment(1);
                         return Ok(Arc::new(c));
                     }
-                    counter!("strata_cache_requests_total", "tier" => "l2", "result" => "miss").increment(1);
+                    self.metrics.l2_miss.increment(1);
                     gen = Some(found.gen);
                 }
                 Ok(Err(e)) => {
@@ -478,7 +481,7 @@ impl Inner {
                     computed = &mut computing => computed?,
                     found = lookup => match found.ok().and_then(|f| f.value).and_then(|b| Cached::decode(b, Tier::L2)) {
                         Some(c) => {
-                            counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit").increment(1);
+                            self.metrics.l2_hit.increment(1);
                             return Ok(Arc::new(c));
                         }
                         None => computing.await?,
@@ -508,6 +511,25 @@ impl Inner {
         match class {
             TtlClass::Recent => self.ttl_recent,
             TtlClass::Closed => self.ttl_closed,
+        }
+    }
+}
+
+/// `strata_cache_requests_total{tier,result}`.
+struct Counters {
+    l1_hit: metrics::Counter,
+    l1_miss: metrics::Counter,
+    l2_hit: metrics::Counter,
+    l2_miss: metrics::Counter,
+}
+
+impl Counters {
+    fn register() -> Counters {
+        Counters {
+            l1_hit: counter!("strata_cache_requests_total", "tier" => "l1", "result" => "hit"),
+            l1_miss: counter!("strata_cache_requests_total", "tier" => "l1", "result" => "miss"),
+            l2_hit: counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit"),
+            l2_miss: counter!("strata_cache_requests_total", "tier" => "l2", "result" => "miss"),
         }
     }
 }
