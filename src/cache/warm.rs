@@ -2,9 +2,10 @@
 //! app, and precompute the top N of every active app in the background after start and after each
 //! rollover of the open bucket.
 //!
-//! - **What is remembered**: a [`Recipe`] per request (endpoint, path parameter, query parameters,
-//!   dates ending today or later kept relative to today, so "the last 90 days" is still the last 90
-//!   days tomorrow), counted per app in process. Bounded: [`MAX_APPS`] apps (the least recently active
+//! - **What is remembered**: a [`Recipe`] per timeline, summary or overview request (endpoint, query
+//!   parameters; dates of ranges ending today or later kept relative to today, so "the last 90 days"
+//!   is still the last 90 days tomorrow), counted per app in process. A user's activity is not
+//!   remembered: the records, kept in Redis, would hold user ids. Bounded: [`MAX_APPS`] apps (the least recently active
 //!   go first) and [`MAX_QUERIES`] queries per app (space-saving: a new query replaces the least
 //!   requested one and inherits its count). With Redis the counts are added to `{prefix}warm:*` every
 //!   [`FLUSH_INTERVAL`] and before each pass, and read back at start, so a restarted or new instance
@@ -218,11 +219,14 @@ where
         let since = Utc::now().timestamp() - ACTIVE_WINDOW.as_secs() as i64;
         let plan = warm.tracker.plan(since, top);
         let planned = plan.len();
-        let warmed = futures_util::stream::iter(plan)
+        let pass = futures_util::stream::iter(plan)
             .map(|(app, recipe)| warm_one(app, recipe))
             .buffer_unordered(CONCURRENCY)
-            .fold(0usize, |n, ok| async move { n + usize::from(ok) })
-            .await;
+            .fold(0usize, |n, ok| async move { n + usize::from(ok) });
+        let warmed = tokio::select! {
+            _ = stop.cancelled() => return,
+            warmed = pass => warmed,
+        };
         tracing::debug!(planned, warmed, "cache warming pass done");
         metrics::counter!("strata_cache_warmed_total").increment(warmed as u64);
         warm.done.send_modify(|d| {

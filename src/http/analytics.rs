@@ -128,11 +128,9 @@ async fn user(
     let p = params(query)?;
     // One app's answer is guarded by its generation; answers over every readable app are not cached.
     if let Some(app_id) = p.get("appId", "app_id")? {
+        // Not remembered for warming: the records (kept in Redis) would hold user ids.
         let app = authorize_app(&s, &caller, app_id).await?.id;
-        s.cache.record(app, || {
-            Some(Recipe { endpoint: "user".into(), path: Some(user_id.to_owned()), params: Vec::new() })
-        });
-        let hit = user_hit(&s, app, user_id, false).await?;
+        let hit = user_hit(&s, app, user_id).await?;
         return answer(&hit.value.data, hit.value.source, hit.tier, Meta::default(), false);
     }
     let apps = readable_apps(&s, &caller).await?;
@@ -140,18 +138,14 @@ async fn user(
     answer(&to_bytes(&user_data(&u, user_id)), u.source, Tier::Miss, Meta::default(), false)
 }
 
-async fn user_hit(s: &AppState, app: Uuid, user_id: &str, prefetch: bool) -> Looked {
+async fn user_hit(s: &AppState, app: Uuid, user_id: &str) -> Looked {
     let key = QueryKey::user(app, user_id);
     let apps = [app];
     let compute = || async {
         let u = users::user_activity(&reader(s), &apps, user_id).await?;
         Ok((user_data(&u, user_id), u.source))
     };
-    if prefetch {
-        s.cache.prefetch(&key, compute).await
-    } else {
-        s.cache.get_or_compute(&key, compute).await
-    }
+    s.cache.get_or_compute(&key, compute).await
 }
 
 fn user_data(u: &users::UserActivity, user_id: &str) -> Value {
@@ -303,7 +297,6 @@ async fn warm_recipe(s: &AppState, app: Uuid, r: &Recipe) -> Result<(), ApiError
         ("overview", _) => {
             overview_hit(s, app, &Filter::parse(&p, now, RangeDefault::AllTime)?, true).await.map(drop)?
         }
-        ("user", Some(user)) => user_hit(s, app, parse_user_id(user)?, true).await.map(drop)?,
         _ => return Err(ApiError::bad_request("invalid_parameter", "unknown remembered query")),
     }
     Ok(())

@@ -355,6 +355,8 @@ async fn with_l1_off_identical_concurrent_requests_share_one_redis_lookup_and_on
     let q = closed_range(app.app_id);
     let url = server.url("/api/analytics/events/timeline");
 
+    // Twenty open connections first, so the twenty requests arrive together.
+    futures_util::future::join_all((0..20).map(|_| server.http.get(server.url("/health")).send())).await;
     let misses = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
     let after_misses = (server.cache.l2_lookups(), server.cache.computations());
     tokio::time::sleep(Duration::from_millis(300)).await; // the L2 fill is asynchronous
@@ -389,6 +391,7 @@ async fn a_redis_that_never_answers_costs_one_computation_not_a_storm_of_them() 
     let q = closed_range(app.app_id);
     let url = server.url("/api/analytics/events/timeline");
 
+    futures_util::future::join_all((0..30).map(|_| server.http.get(server.url("/health")).send())).await;
     let answers = futures_util::future::join_all((0..30).map(|_| get(&server.http, url.clone(), &q))).await;
 
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
