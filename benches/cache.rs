@@ -7,7 +7,8 @@
 //!
 //! 1. default `STRATA_CACHE` (L1 + L2): L1 hits at 1, 10 and 100 connections, then `/health` at 1 and
 //!    100 connections (the trivial-route ceiling and the HTTP overhead);
-//! 2. `STRATA_CACHE=l2` (L1 disabled): L2 hits at 1, 10 and 100 connections;
+//! 2. `STRATA_CACHE=l2` (L1 disabled): L2 hits at 1, 10 and 100 connections (identical concurrent
+//!    requests share one Redis lookup, so at 10 and 100 connections lookups are coalesced);
 //! 3. `STRATA_CACHE=off`: misses at 1, 10 and 100 connections;
 //!
 //! and, as the floor, the Redis GET round trip of a value of the timeline's size (redis crate, one
@@ -493,6 +494,13 @@ fn print_summary(
             ratio >= 0.7,
         );
         line("L1 hits @100 conns p99 <= 5 ms", fmt_ms(p.p99), p.p99 <= Duration::from_millis(5));
+    }
+    if let Some(p) = l2.iter().find(|p| p.conns == 100) {
+        line(
+            &format!("L2 hits @100 conns answered without errors, all from L2 ({:.0} req/s)", p.rps),
+            format!("{} errors", p.errors),
+            p.errors == 0 && p.tiers.l2 == p.n as u64 && p.n > 0,
+        );
     }
     if let Some(p) = l2.iter().find(|p| p.conns == 1) {
         let floor = redis.0 + health1.p50;

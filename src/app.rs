@@ -98,6 +98,12 @@ impl Application {
             authz: http::authz_cache(),
             limits,
         };
+        if let Some(top) = state.cfg.cache_warm {
+            // STRATA_CACHE_WARM: precompute the most requested queries after start and each rollover.
+            let warm_state = state.clone();
+            let warm_one = move |app, recipe| http::analytics::warm_one(warm_state.clone(), app, recipe);
+            tracker.spawn(crate::cache::warm::run(state.cache.clone(), top, warm_one, background_stop.clone()));
+        }
         Ok(Application { listener, state, background_stop, tracker })
     }
 

@@ -48,6 +48,10 @@ pub struct Config {
     /// `STRATA_REDIS_TIMEOUT` (default `25ms`): longest wait for one Redis command before the
     /// request goes on without it.
     pub redis_timeout: Duration,
+    /// `STRATA_CACHE_WARM` (`off`, `on` = 5, or a number of queries 1 to 50; default `off`): remember
+    /// the most requested analytics queries of each app and precompute that many per active app after
+    /// start and after each hour rollover, in the background.
+    pub cache_warm: Option<usize>,
     /// `STRATA_ADMIN_TOKEN`: bearer token of DBA endpoints; generated once and stored in the
     /// database when unset.
     pub admin_token: Option<String>,
@@ -147,6 +151,7 @@ impl Default for Config {
             cache_ttl_closed: Duration::from_secs(3600),
             l1_max_bytes: 64 * 1024 * 1024,
             redis_timeout: Duration::from_millis(25),
+            cache_warm: None,
             admin_token: None,
             key_secret: None,
             jwt_secret: None,
@@ -223,6 +228,11 @@ impl CacheMode {
     }
 }
 
+/// Queries warmed per active app with `STRATA_CACHE_WARM=on`.
+pub const CACHE_WARM_DEFAULT: usize = 5;
+/// Most queries warmed per active app.
+pub const CACHE_WARM_MAX: usize = 50;
+
 /// Most group-commit writers: each owns a rollup shard (a smallint), and more gain nothing.
 const MAX_WRITERS: usize = 64;
 
@@ -280,6 +290,16 @@ impl Config {
         c.cache_ttl_closed = dur("STRATA_CACHE_TTL_CLOSED", c.cache_ttl_closed)?;
         c.l1_max_bytes = count("STRATA_L1_MAX_BYTES", c.l1_max_bytes as usize)? as u64;
         c.redis_timeout = dur("STRATA_REDIS_TIMEOUT", c.redis_timeout)?;
+        if let Some(v) = get("STRATA_CACHE_WARM") {
+            c.cache_warm = match v.trim() {
+                "off" | "0" => None,
+                "on" => Some(CACHE_WARM_DEFAULT),
+                n => match n.parse::<usize>() {
+                    Ok(n) if n <= CACHE_WARM_MAX => Some(n),
+                    _ => return Err(invalid("STRATA_CACHE_WARM", &v, "expected off, on or a number from 1 to 50")),
+                },
+            };
+        }
         c.db_pool_size = count("STRATA_DB_POOL_SIZE", c.db_pool_size)?;
         c.db_timeout = dur("STRATA_DB_TIMEOUT", c.db_timeout)?;
         c.ingest_queue_capacity = count("STRATA_INGEST_QUEUE_CAPACITY", c.ingest_queue_capacity)?;
@@ -491,6 +511,17 @@ mod tests {
         assert_eq!(c.header_timeout, Duration::from_secs(2));
         let err = Config::from_vars(&vars(&[("STRATA_HEADER_TIMEOUT", "0s")])).unwrap_err();
         assert_eq!(err.name, "STRATA_HEADER_TIMEOUT");
+    }
+
+    #[test]
+    fn cache_warming_is_off_by_default_and_bounded() {
+        assert_eq!(Config::default().cache_warm, None);
+        let warm = |v: &str| Config::from_vars(&vars(&[("STRATA_CACHE_WARM", v)])).map(|c| c.cache_warm);
+        assert_eq!(warm("off").unwrap(), None);
+        assert_eq!(warm("on").unwrap(), Some(5));
+        assert_eq!(warm("12").unwrap(), Some(12));
+        assert_eq!(warm("51").unwrap_err().name, "STRATA_CACHE_WARM");
+        assert_eq!(warm("lots").unwrap_err().name, "STRATA_CACHE_WARM");
     }
 
     #[test]

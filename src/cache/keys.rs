@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::query::params::Filter;
 
 /// Version of the key format and of the stored answer; bump it when either changes.
-pub const KEY_VERSION: &str = "v1";
+pub const KEY_VERSION: &str = "v2";
 
 /// How long an answer may live in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,6 @@ mod tests {
         );
         assert_eq!(k.class, TtlClass::Closed);
         assert_eq!(k.text, "summary|a%7Cb|1790812800000|1793491200000|-|UTC");
-        assert_eq!(k.l2_key("p:", "7"), format!("p:v1:{}:7:{}", Uuid::nil(), k.text));
+        assert_eq!(k.l2_key("p:", "7"), format!("p:v2:{}:7:{}", Uuid::nil(), k.text));
     }
 }

@@ -7,11 +7,20 @@
 //! - `{prefix}gen:{app}`: the app's generation, an integer. When LRU evicted it, the next reader
 //!   sets a random 62-bit epoch (`SET NX`), so entries stored under older generations stay
 //!   unreachable: a missing counter never brings old answers back.
-//! - `{prefix}v1:{app}:{gen}:{query}`: a serialised answer, with the TTL of its class.
+//! - `{prefix}v2:{app}:{gen}:{query}`: an answer (`{source}\n{data JSON}`, see [`super::Cached`]),
+//!   with the TTL of its class.
 //! - `{prefix}bus`: the pub/sub channel of invalidations ([`super::bus`]).
+//! - `{prefix}warm:apps` and `{prefix}warm:q:{app}`: what cache warming remembers (sorted sets of the
+//!   recently active apps by last request time, and of each app's queries by request count).
+//!
+//! One multiplexed connection carries every command: Redis is single-threaded, so more connections
+//! would not answer sooner. What made L2 collapse under 100 concurrent identical requests was not the
+//! connection but every request doing its own lookup (and, once lookups queued past the timeout, its
+//! own computation): [`super::Cache`] now lets identical requests share one lookup.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
@@ -35,6 +44,13 @@ const BUMP: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET',
 /// Retries of one command inside the connection manager: the request's timeout bounds them anyway.
 const CONNECT_RETRIES: usize = 1;
 
+/// Longest wait for background commands (generation bumps, warming records, a lookup overtaken by
+/// a computation): nobody waits for them, so they get longer than a request's lookup.
+pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Warming records expire after a week without requests.
+const WARM_RECORD_TTL_SECS: u64 = 7 * 86_400;
+
 /// Why Redis did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum L2Error {
@@ -55,7 +71,18 @@ pub struct Lookup {
     /// The generation it was looked up under (store a computed answer under it).
     pub gen: String,
     /// The stored answer, if any.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
+}
+
+/// What cache warming remembers of one app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppQueries {
+    /// The app.
+    pub app: Uuid,
+    /// Unix seconds of its last request.
+    pub last_seen: i64,
+    /// Queries ([`super::Recipe`] as JSON) and their request counts.
+    pub queries: Vec<(String, u64)>,
 }
 
 /// The Redis tier.
@@ -74,9 +101,11 @@ impl L2 {
     /// A tier for `url` (no connection is made yet).
     pub fn new(url: &str, prefix: &str, timeout: Duration, gen_ttl: Duration) -> Result<L2, redis::RedisError> {
         let client = redis::Client::open(url)?;
+        // The manager's own response timeout only drops replies that never come; each caller bounds
+        // its wait itself ([`L2::run`]), lookups by `timeout`, background commands longer.
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout.max(BACKGROUND_TIMEOUT)))
             .set_number_of_retries(CONNECT_RETRIES)
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)?;
@@ -98,24 +127,46 @@ impl L2 {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, L2Error> {
+        self.run_within(cmd, self.timeout).await
+    }
+
+    async fn run_within<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd, limit: Duration) -> Result<T, L2Error> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+        match tokio::time::timeout(limit, cmd.query_async(&mut conn)).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(L2Error::Timeout(self.timeout)),
+            Err(_) => Err(L2Error::Timeout(limit)),
         }
     }
 
-    /// The app's generation and the answer stored for `key` under it.
+    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, L2Error> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(BACKGROUND_TIMEOUT, pipe.query_async(&mut conn)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(L2Error::Timeout(BACKGROUND_TIMEOUT)),
+        }
+    }
+
+    /// The request's wait for a lookup (`STRATA_REDIS_TIMEOUT`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The app's generation and the answer stored for `key` under it, within the request's timeout.
     pub async fn lookup(&self, key: &QueryKey) -> Result<Lookup, L2Error> {
+        self.lookup_within(key, self.timeout).await
+    }
+
+    /// Like [`L2::lookup`], waiting up to `limit`.
+    pub async fn lookup_within(&self, key: &QueryKey, limit: Duration) -> Result<Lookup, L2Error> {
         let full = key.l2_key(&self.prefix, "\u{0}");
         let (head, tail) = full.split_once('\u{0}').ok_or(L2Error::Reply)?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(LOOKUP).arg(1).arg(self.gen_key(key.app)).arg(epoch()).arg(head).arg(tail).arg(self.gen_ttl_secs());
-        let mut parts: Vec<Vec<u8>> = self.run(&cmd).await?;
+        let mut parts: Vec<Vec<u8>> = self.run_within(&cmd, limit).await?;
         if parts.is_empty() || parts.len() > 2 {
             return Err(L2Error::Reply);
         }
-        let value = if parts.len() == 2 { parts.pop() } else { None };
+        let value = if parts.len() == 2 { parts.pop().map(Bytes::from) } else { None };
         let gen = String::from_utf8(parts.pop().ok_or(L2Error::Reply)?).map_err(|_| L2Error::Reply)?;
         Ok(Lookup { gen, value })
     }
@@ -124,7 +175,7 @@ impl L2 {
     pub async fn store(&self, key: &QueryKey, gen: &str, value: &[u8], ttl: Duration) -> Result<(), L2Error> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key.l2_key(&self.prefix, gen)).arg(value).arg("EX").arg(ttl.as_secs().max(1));
-        self.run::<()>(&cmd).await
+        self.run_within::<()>(&cmd, BACKGROUND_TIMEOUT).await
     }
 
     /// Bumps `app`'s generation and publishes `message` on the bus.
@@ -137,14 +188,79 @@ impl L2 {
             .arg(self.channel())
             .arg(message)
             .arg(self.gen_ttl_secs());
-        self.run::<i64>(&cmd).await.map(|_| ())
+        self.run_within::<i64>(&cmd, BACKGROUND_TIMEOUT).await.map(|_| ())
     }
 
     /// Publishes `message` on the bus.
     pub async fn publish(&self, message: &str) -> Result<(), L2Error> {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.channel()).arg(message);
-        self.run::<i64>(&cmd).await.map(|_| ())
+        self.run_within::<i64>(&cmd, BACKGROUND_TIMEOUT).await.map(|_| ())
+    }
+
+    fn warm_apps_key(&self) -> String {
+        format!("{}warm:apps", self.prefix)
+    }
+
+    fn warm_queries_key(&self, app: Uuid) -> String {
+        format!("{}warm:q:{app}", self.prefix)
+    }
+
+    /// Adds request counts to the warming records: per app, its last request time (unix seconds) and
+    /// `(query, requests since the last call)`. Keeps at most `max_apps` apps and `max_queries`
+    /// queries per app (the most active / most requested).
+    pub async fn record_queries(
+        &self,
+        apps: &[AppQueries],
+        max_apps: usize,
+        max_queries: usize,
+    ) -> Result<(), L2Error> {
+        if apps.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let apps_key = self.warm_apps_key();
+        for a in apps {
+            let key = self.warm_queries_key(a.app);
+            pipe.zadd(&apps_key, a.app.to_string(), a.last_seen).ignore();
+            for (query, n) in &a.queries {
+                pipe.zincr(&key, query, *n).ignore();
+            }
+            pipe.zremrangebyrank(&key, 0, -(max_queries as isize) - 1).ignore();
+            pipe.expire(&key, WARM_RECORD_TTL_SECS as i64).ignore();
+        }
+        pipe.zremrangebyrank(&apps_key, 0, -(max_apps as isize) - 1).ignore();
+        pipe.expire(&apps_key, WARM_RECORD_TTL_SECS as i64).ignore();
+        self.run_pipe::<()>(&pipe).await
+    }
+
+    /// The warming records: apps last active at or after `since` (unix seconds; at most `max_apps`,
+    /// most recent first) with their last request time and their `top` most requested queries and
+    /// counts.
+    pub async fn recorded_queries(&self, since: i64, max_apps: usize, top: usize) -> Result<Vec<AppQueries>, L2Error> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.warm_apps_key()).arg("+inf").arg(since).arg("BYSCORE").arg("REV");
+        cmd.arg("LIMIT").arg(0).arg(max_apps).arg("WITHSCORES");
+        let apps: Vec<(String, f64)> = self.run_within(&cmd, BACKGROUND_TIMEOUT).await?;
+        let apps: Vec<(Uuid, i64)> =
+            apps.into_iter().filter_map(|(a, seen)| Some((a.parse().ok()?, seen as i64))).collect();
+        if apps.is_empty() || top == 0 {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (app, _) in &apps {
+            pipe.zrevrange_withscores(self.warm_queries_key(*app), 0, top as isize - 1);
+        }
+        let queries: Vec<Vec<(String, f64)>> = self.run_pipe(&pipe).await?;
+        Ok(apps
+            .into_iter()
+            .zip(queries)
+            .map(|((app, last_seen), qs)| AppQueries {
+                app,
+                last_seen,
+                queries: qs.into_iter().map(|(q, n)| (q, n.max(0.0) as u64)).collect(),
+            })
+            .collect())
     }
 
     fn gen_ttl_secs(&self) -> u64 {

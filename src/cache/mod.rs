@@ -1,10 +1,18 @@
 //! The analytics cache: two tiers behind one facade, [`Cache::get_or_compute`].
 //!
 //! - L1 ([`moka`]): in process, bounded by the bytes of the serialised answers, entries live at most
-//!   the freshness period F. Identical concurrent misses are coalesced (single flight): one of them
-//!   looks in L2 and computes, the others wait for its answer.
+//!   the freshness period F.
 //! - L2 ([`l2`]): Redis shared by all instances, TTL by class ([`keys::TtlClass`]). Optional: absent,
 //!   down or slow Redis is counted in `strata_redis_errors_total` and skipped.
+//! - Single flight across both tiers: identical concurrent L1 misses (same app generation and query)
+//!   share one L2 lookup and, when L2 misses, fails or times out, one computation; with L1 disabled
+//!   too. A lookup slower than `STRATA_REDIS_TIMEOUT` keeps running beside the computation (up to
+//!   1 s) and answers if it comes first. A cancelled leader hands over to one of the waiters; a failure is shared by the requests that
+//!   waited for it, never cached.
+//! - Answers are kept serialised ([`Cached::data`], the response's `data` as JSON bytes): a hit
+//!   copies bytes into the response envelope, it never parses or clones a JSON tree.
+//! - Warming ([`warm`], `STRATA_CACHE_WARM`): the most requested queries of active apps are
+//!   precomputed after start and after each hour rollover.
 //!
 //! # Freshness contract
 //! An acknowledged event shows in every query whose range covers it within F (`STRATA_FRESHNESS`,
@@ -22,6 +30,7 @@
 pub mod bus;
 pub mod keys;
 pub mod l2;
+pub mod warm;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,17 +38,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use metrics::{counter, gauge};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::query::Source;
+use crate::query::{QueryError, Source};
 pub use keys::{QueryKey, TtlClass};
 use l2::L2;
+pub use warm::Recipe;
 
 /// Which tier answered, reported as `meta.cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,20 +74,55 @@ impl Tier {
     }
 }
 
-/// A cached answer: the response's `data` and `meta.source`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A cached answer: the response's `data`, serialised, and `meta.source`. In Redis it is stored as
+/// `{source}\n{data}`.
+#[derive(Debug, Clone)]
 pub struct Cached {
-    /// The response data.
-    pub data: Value,
+    /// The response's `data` as JSON text, put into the response as is.
+    pub data: Bytes,
     /// `meta.source`.
-    pub source: String,
+    pub source: Source,
     /// Where this copy came from when it entered L1.
-    #[serde(skip)]
     origin: Tier,
-    /// Serialised size (the L1 weight).
-    #[serde(skip)]
-    bytes: u32,
 }
+
+impl Cached {
+    /// The Redis form.
+    fn encode(&self) -> Vec<u8> {
+        let source = self.source.as_str().as_bytes();
+        let mut out = Vec::with_capacity(source.len() + 1 + self.data.len());
+        out.extend_from_slice(source);
+        out.push(b'\n');
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// From the Redis form (the data is shared, not copied); None when malformed.
+    fn decode(stored: Bytes, origin: Tier) -> Option<Cached> {
+        let cut = stored.iter().take(16).position(|&b| b == b'\n')?;
+        let source = match &stored[..cut] {
+            b"rollup" => Source::Rollup,
+            b"raw" => Source::Raw,
+            b"mixed" => Source::Mixed,
+            _ => return None,
+        };
+        let data = stored.slice(cut + 1..);
+        if data.is_empty() {
+            return None;
+        }
+        Some(Cached { data, source, origin })
+    }
+
+    /// The L1 weight: the bytes it holds, plus a little for the entry itself.
+    fn weight(&self) -> u32 {
+        u32::try_from(self.data.len() + 64).unwrap_or(u32::MAX)
+    }
+}
+
+/// The outcome of one flight, shared by the requests that waited for it.
+type FlightResult = Result<Arc<Cached>, Arc<QueryError>>;
+/// One flight: the first request to get in fills it, later ones wait for it.
+type Flight = Arc<tokio::sync::OnceCell<FlightResult>>;
 
 /// An answer and the tier that gave it.
 #[derive(Debug, Clone)]
@@ -98,6 +143,10 @@ pub struct Cache {
 pub struct Inner {
     l1: Option<moka::future::Cache<String, Arc<Cached>>>,
     l2: Option<L2>,
+    /// Lookups in progress by L1 key (app, local generation, query): single flight over both tiers.
+    flights: Mutex<HashMap<String, Flight>>,
+    /// Warming state, when `STRATA_CACHE_WARM` is on.
+    warm: Option<Arc<warm::Warm>>,
     /// Per-app local generations: part of every L1 key, bumped by local commits and bus messages.
     /// A plain mutex: held for a map lookup only, never across an await.
     gens: Mutex<HashMap<Uuid, u64>>,
@@ -106,8 +155,12 @@ pub struct Inner {
     freshness: Duration,
     ttl_recent: Duration,
     ttl_closed: Duration,
-    /// Answers computed from the database (for tests and benchmarks).
+    /// Computations started (for tests and benchmarks).
     computations: AtomicU64,
+    /// Lookups sent to Redis (for tests).
+    l2_lookups: AtomicU64,
+    /// Request counters, registered once (hits only add to an atomic).
+    metrics: Counters,
     /// True while the bus subscription is live.
     bus_connected: AtomicBool,
     /// Apps whose Redis generation bump failed: retried by [`retry_bumps_loop`] until Redis takes
@@ -129,7 +182,7 @@ impl Cache {
         let l1 = cfg.cache_mode.l1().then(|| {
             moka::future::Cache::builder()
                 .max_capacity(cfg.l1_max_bytes)
-                .weigher(|k: &String, v: &Arc<Cached>| (k.len() as u32).saturating_add(v.bytes))
+                .weigher(|k: &String, v: &Arc<Cached>| (k.len() as u32).saturating_add(v.weight()))
                 .time_to_live(cfg.freshness)
                 .eviction_listener(|_, _, cause| {
                     if cause == moka::notification::RemovalCause::Size {
@@ -151,12 +204,16 @@ impl Cache {
         let inner = Arc::new(Inner {
             l1,
             l2,
+            flights: Mutex::new(HashMap::new()),
+            warm: cfg.cache_warm.map(|_| warm::Warm::new()),
             gens: Mutex::new(HashMap::new()),
             instance: Uuid::new_v4(),
             freshness: cfg.freshness,
             ttl_recent: cfg.cache_ttl_recent,
             ttl_closed: cfg.cache_ttl_closed,
             computations: AtomicU64::new(0),
+            l2_lookups: AtomicU64::new(0),
+            metrics: Counters::register(),
             bus_connected: AtomicBool::new(false),
             pending_bumps: Mutex::new(HashSet::new()),
             key_revoked: std::sync::OnceLock::new(),
@@ -176,9 +233,14 @@ impl Cache {
         self.inner.freshness
     }
 
-    /// Answers computed from the database so far (single flight makes identical misses count once).
+    /// Computations started so far (single flight makes identical misses count once).
     pub fn computations(&self) -> u64 {
         self.inner.computations.load(Ordering::Relaxed)
+    }
+
+    /// Answer lookups sent to Redis so far (single flight makes identical misses count once).
+    pub fn l2_lookups(&self) -> u64 {
+        self.inner.l2_lookups.load(Ordering::Relaxed)
     }
 
     /// True while this instance is subscribed to the invalidation bus.
@@ -186,26 +248,55 @@ impl Cache {
         self.inner.bus_connected.load(Ordering::Acquire)
     }
 
-    /// The answer for `key`: from L1, else L2 (filling L1), else `compute` (filling both).
-    pub async fn get_or_compute<E, F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Hit, Arc<E>>
+    /// The answer for `key`: from L1, else L2 (filling L1), else `compute` (filling both). Identical
+    /// concurrent calls share one L2 lookup and computation.
+    pub async fn get_or_compute<F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Hit, Arc<QueryError>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Value, Source), E>>,
-        E: Send + Sync + 'static,
+        Fut: Future<Output = Result<(Value, Source), QueryError>>,
     {
-        let inner = &self.inner;
-        let Some(l1) = &inner.l1 else {
-            let value = inner.fill(key, compute).await.map_err(Arc::new)?;
-            return Ok(Hit { tier: value.origin, value });
-        };
-        let entry = l1.entry(key.l1_key(inner.local_gen(key.app))).or_try_insert_with(inner.fill(key, compute)).await?;
-        let tier = if entry.is_fresh() { entry.value().origin } else { Tier::L1 };
-        counter!("strata_cache_requests_total", "tier" => "l1", "result" => if tier == Tier::L1 { "hit" } else { "miss" })
-            .increment(1);
-        if entry.is_fresh() {
-            gauge!("strata_cache_l1_weighted_bytes").set(l1.weighted_size() as f64);
+        let hit = self.inner.get(key, compute).await?;
+        if self.inner.l1.is_some() {
+            let m = &self.inner.metrics;
+            if hit.tier == Tier::L1 { &m.l1_hit } else { &m.l1_miss }.increment(1);
         }
-        Ok(Hit { value: entry.into_value(), tier })
+        Ok(hit)
+    }
+
+    /// Like [`Cache::get_or_compute`] but for warming: not counted as a request.
+    pub async fn prefetch<F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Hit, Arc<QueryError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Value, Source), QueryError>>,
+    {
+        self.inner.get(key, compute).await
+    }
+
+    /// True when `STRATA_CACHE_WARM` is on: handlers then [`Cache::record`] their queries.
+    pub fn warming(&self) -> bool {
+        self.inner.warm.is_some()
+    }
+
+    /// Counts one request of `app` for warming (`recipe` is only called when warming is on).
+    pub fn record(&self, app: Uuid, recipe: impl FnOnce() -> Option<Recipe>) {
+        if let Some(warm) = &self.inner.warm {
+            if let Some(r) = recipe() {
+                warm.tracker.record(app, r, chrono::Utc::now().timestamp());
+            }
+        }
+    }
+
+    /// Runs a warming pass now and returns once it finished (at once when warming is off or its loop
+    /// is not running). The loop also runs one after start and after each hour rollover.
+    pub async fn warm_now(&self) {
+        if let Some(warm) = &self.inner.warm {
+            warm.pass_now().await;
+        }
+    }
+
+    /// Warming passes finished so far (0 when warming is off).
+    pub fn warm_passes(&self) -> u64 {
+        self.inner.warm.as_ref().map_or(0, |w| w.passes())
     }
 
     /// Sets what this instance does when another one revokes a key (once, at start-up).
@@ -287,35 +378,122 @@ impl Inner {
         }
     }
 
-    /// L2, else the database (storing the answer in L2).
-    async fn fill<E, F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Arc<Cached>, E>
+    /// L1, else one flight per L1 key: L2, else `compute`.
+    async fn get<F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Hit, Arc<QueryError>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Value, Source), E>>,
+        Fut: Future<Output = Result<(Value, Source), QueryError>>,
+    {
+        let l1_key = key.l1_key(self.local_gen(key.app));
+        if let Some(l1) = &self.l1 {
+            if let Some(value) = l1.get(&l1_key).await {
+                return Ok(Hit { value, tier: Tier::L1 });
+            }
+        }
+        let flight = self.flights.lock().expect("flights lock").entry(l1_key.clone()).or_default().clone();
+        let boarding = Boarding { flights: &self.flights, key: &l1_key, flight: &flight };
+        // Set by whoever runs the flight (the other requests only wait for it).
+        let mut led: Option<Tier> = None;
+        let led_ref = &mut led;
+        let l1_key_ref = &l1_key;
+        let result = flight
+            .get_or_init(move || async move {
+                let (value, tier) = self.fly(l1_key_ref, key, compute).await?;
+                *led_ref = Some(tier);
+                Ok(value)
+            })
+            .await
+            .clone();
+        drop(boarding);
+        let value = result?;
+        // A waiter was answered in process (as if from L1) when there is an L1, else by the leader's tier.
+        let tier = led.unwrap_or(if self.l1.is_some() { Tier::L1 } else { value.origin });
+        Ok(Hit { value, tier })
+    }
+
+    /// The flight itself: L1 once more (the previous flight may just have filled it), L2, else
+    /// `compute`; fills L1. Returns the answer and the tier that gave it.
+    async fn fly<F, Fut>(
+        &self,
+        l1_key: &str,
+        key: &QueryKey,
+        compute: F,
+    ) -> Result<(Arc<Cached>, Tier), Arc<QueryError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Value, Source), QueryError>>,
+    {
+        let Some(l1) = &self.l1 else {
+            let value = self.fill(key, compute).await.map_err(Arc::new)?;
+            return Ok((value.clone(), value.origin));
+        };
+        if let Some(value) = l1.get(l1_key).await {
+            return Ok((value, Tier::L1));
+        }
+        let value = self.fill(key, compute).await.map_err(Arc::new)?;
+        l1.insert(l1_key.to_owned(), value.clone()).await;
+        gauge!("strata_cache_l1_weighted_bytes").set(l1.weighted_size() as f64);
+        Ok((value.clone(), value.origin))
+    }
+
+    /// L2, else the database (storing the answer in L2).
+    async fn fill<F, Fut>(&self, key: &QueryKey, compute: F) -> Result<Arc<Cached>, QueryError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Value, Source), QueryError>>,
     {
         let mut gen = None;
+        // A lookup still running after the request's timeout: raced against the computation.
+        let mut late = None;
         if let Some(l2) = &self.l2 {
-            match l2.lookup(key).await {
-                Ok(found) => {
-                    if let Some(c) = found.value.as_deref().and_then(|b| decode(b, Tier::L2)) {
-                        counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit").increment(1);
+            self.l2_lookups.fetch_add(1, Ordering::Relaxed);
+            let mut lookup = Box::pin(l2.lookup_within(key, l2::BACKGROUND_TIMEOUT));
+            match tokio::time::timeout(l2.timeout(), &mut lookup).await {
+                Ok(Ok(found)) => {
+                    if let Some(c) = found.value.and_then(|b| Cached::decode(b, Tier::L2)) {
+                        self.metrics.l2_hit.increment(1);
                         return Ok(Arc::new(c));
                     }
-                    counter!("strata_cache_requests_total", "tier" => "l2", "result" => "miss").increment(1);
+                    self.metrics.l2_miss.increment(1);
                     gen = Some(found.gen);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     counter!("strata_redis_errors_total").increment(1);
                     tracing::debug!(error = %e, "redis lookup failed; computing");
+                }
+                Err(_) => {
+                    counter!("strata_redis_errors_total").increment(1);
+                    tracing::debug!("redis lookup slower than the timeout; computing unless it answers first");
+                    late = Some(lookup);
                 }
             }
         }
         self.computations.fetch_add(1, Ordering::Relaxed);
-        let (data, source) = compute().await?;
-        let mut cached = Cached { data, source: source.as_str().to_owned(), origin: Tier::Miss, bytes: 0 };
-        let bytes = serde_json::to_vec(&cached).unwrap_or_default();
-        cached.bytes = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        let computing = compute();
+        let (data, source) = match late {
+            None => computing.await?,
+            Some(lookup) => {
+                // Redis slower than the timeout but faster than the database still answers. Whatever
+                // it says, nothing is stored: its generation may postdate the computation's start.
+                tokio::pin!(computing);
+                tokio::select! {
+                    biased;
+                    computed = &mut computing => computed?,
+                    found = lookup => match found.ok().and_then(|f| f.value).and_then(|b| Cached::decode(b, Tier::L2)) {
+                        Some(c) => {
+                            self.metrics.l2_hit.increment(1);
+                            return Ok(Arc::new(c));
+                        }
+                        None => computing.await?,
+                    },
+                }
+            }
+        };
+        // Serialising a `Value` cannot fail (its keys are strings).
+        let data = Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| b"null".to_vec()));
+        let cached = Cached { data, source, origin: Tier::Miss };
         if let (Some(l2), Some(gen)) = (self.l2.clone(), gen) {
+            let bytes = cached.encode();
             let (key, ttl) = (key.clone(), self.ttl(key.class));
             // Stored under the generation read before computing: if a commit bumped it meanwhile,
             // this answer is unreachable, as it should be.
@@ -337,11 +515,44 @@ impl Inner {
     }
 }
 
-fn decode(bytes: &[u8], origin: Tier) -> Option<Cached> {
-    let mut c: Cached = serde_json::from_slice(bytes).ok()?;
-    c.origin = origin;
-    c.bytes = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-    Some(c)
+/// `strata_cache_requests_total{tier,result}`.
+struct Counters {
+    l1_hit: metrics::Counter,
+    l1_miss: metrics::Counter,
+    l2_hit: metrics::Counter,
+    l2_miss: metrics::Counter,
+}
+
+impl Counters {
+    fn register() -> Counters {
+        Counters {
+            l1_hit: counter!("strata_cache_requests_total", "tier" => "l1", "result" => "hit"),
+            l1_miss: counter!("strata_cache_requests_total", "tier" => "l1", "result" => "miss"),
+            l2_hit: counter!("strata_cache_requests_total", "tier" => "l2", "result" => "hit"),
+            l2_miss: counter!("strata_cache_requests_total", "tier" => "l2", "result" => "miss"),
+        }
+    }
+}
+
+/// A request's place on a flight: when it leaves (done, or cancelled), the flight leaves the map once
+/// it finished or nobody else waits for it, so later requests read L1 or start a new flight and no
+/// abandoned flight stays behind.
+struct Boarding<'a> {
+    flights: &'a Mutex<HashMap<String, Flight>>,
+    key: &'a str,
+    flight: &'a Flight,
+}
+
+impl Drop for Boarding<'_> {
+    fn drop(&mut self) {
+        let Ok(mut flights) = self.flights.lock() else { return };
+        let Some(current) = flights.get(self.key) else { return };
+        // The map's reference and ours: nobody else will fly it. (Joining happens under this lock.)
+        let alone = Arc::strong_count(self.flight) <= 2;
+        if Arc::ptr_eq(current, self.flight) && (self.flight.initialized() || alone) {
+            flights.remove(self.key);
+        }
+    }
 }
 
 /// Generation keys outlive every answer stored under them.
@@ -372,5 +583,22 @@ async fn warn_unless_lru(l2: L2) {
         }
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "could not read Redis maxmemory-policy"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_form_round_trips_and_malformed_values_are_misses() {
+        let c = Cached { data: Bytes::from_static(br#"[{"a":1}]"#), source: Source::Mixed, origin: Tier::Miss };
+        let stored = Bytes::from(c.encode());
+        assert_eq!(&stored[..], &b"mixed\n[{\"a\":1}]"[..]);
+        let back = Cached::decode(stored, Tier::L2).unwrap();
+        assert_eq!((&back.data[..], back.source, back.origin), (&c.data[..], Source::Mixed, Tier::L2));
+        for bad in [&b"mixed"[..], b"mixed\n", b"sideways\n[]", b"{\"data\":[],\"source\":\"raw\"}"] {
+            assert!(Cached::decode(Bytes::copy_from_slice(bad), Tier::L2).is_none(), "{bad:?}");
+        }
     }
 }

@@ -1,31 +1,35 @@
 //! Analytics routes (bearer token): `GET /api/analytics/events/timeline`, `/events/summary`,
 //! `/users/{userId}` and `/apps/{appId}/overview`. Each handler authenticates, parses the parameters
-//! ([`crate::query::params`]), authorises the app, calls one [`crate::query`] function and maps its
-//! answer to `{"success": true, "data", "meta": {"source", "cache", "generatedAt"}}`.
+//! ([`crate::query::params`]), authorises the app, calls one [`crate::query`] function through the
+//! cache and maps its answer to `{"success": true, "data", "meta": {"source", "cache", "generatedAt"}}`.
+//! The cache keeps `data` serialised; the envelope is written around those bytes ([`answer`]).
+//! [`warm_one`] asks a remembered query again for cache warming.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
+use axum::Router;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use chrono_tz::Tz;
+use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::bearer::{bearer_token, token_matches};
-use crate::cache::{QueryKey, Tier};
+use crate::cache::{Hit, QueryKey, Recipe, Tier};
 use crate::query::apps::{find_app, live_app_ids, AppInfo};
 use crate::query::buckets::label;
-use crate::query::params::{parse_user_id, Filter, ParamError, Params, RangeDefault, TimelineRequest};
+use crate::query::params::{parse_tz, parse_user_id, Filter, ParamError, Params, RangeDefault, TimelineRequest};
 use crate::query::plan::Span;
 use crate::query::store::Reader;
 use crate::query::summary::Breakdown;
-use crate::query::{overview, summary, timeline, users, QueryError};
+use crate::query::{overview, summary, timeline, users, QueryError, Source};
 
 /// The analytics routes.
 pub fn router() -> Router<AppState> {
@@ -37,7 +41,20 @@ pub fn router() -> Router<AppState> {
 }
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
-type Answer = Result<Json<Value>, ApiError>;
+type Answer = Result<Response, ApiError>;
+type Looked = Result<Hit, Arc<QueryError>>;
+
+/// Parameters of the timeline (name, alias), as remembered for warming.
+const TIMELINE_PARAMS: &[(&str, &str)] = &[
+    ("tz", "timezone"),
+    ("eventType", "event_type"),
+    ("startDate", "start_date"),
+    ("endDate", "end_date"),
+    ("interval", "granularity"),
+];
+/// Parameters of the summary and the overview.
+const FILTER_PARAMS: &[(&str, &str)] =
+    &[("tz", "timezone"), ("eventType", "event_type"), ("startDate", "start_date"), ("endDate", "end_date")];
 
 #[tracing::instrument(skip_all)]
 async fn timeline(State(s): State<AppState>, headers: HeaderMap, query: QueryPairs) -> Answer {
@@ -47,17 +64,29 @@ async fn timeline(State(s): State<AppState>, headers: HeaderMap, query: QueryPai
     let req = TimelineRequest::parse(&p, Utc::now())?;
     let app = authorize_app(&s, &caller, app_id).await?;
     let tz = req.filter.tz;
-    let key = cache_key(&s, "timeline", app.id, &req.filter, Some(req.granularity.as_str()));
-    let hit = s
-        .cache
-        .get_or_compute(&key, || async {
-            let t = timeline::timeline(&reader(&s), app.id, &req).await?;
-            Ok::<_, QueryError>((timeline_data(&t, tz), t.source))
-        })
-        .await?;
-    let meta =
-        json!({"range": range_json(req.filter.range, tz), "tz": tz.name(), "interval": req.granularity.as_str()});
-    Ok(answer(hit.value.data.clone(), &hit.value.source, hit.tier, meta, true))
+    s.cache.record(app.id, || recipe("timeline", None, &p, TIMELINE_PARAMS, tz));
+    let hit = timeline_hit(&s, app.id, &req, false).await?;
+    let meta = Meta {
+        range: Some(range_json(req.filter.range, tz)),
+        tz: Some(tz.name()),
+        interval: Some(req.granularity.as_str()),
+        ..Meta::default()
+    };
+    answer(&hit.value.data, hit.value.source, hit.tier, meta, true)
+}
+
+async fn timeline_hit(s: &AppState, app: Uuid, req: &TimelineRequest, prefetch: bool) -> Looked {
+    let tz = req.filter.tz;
+    let key = cache_key(s, "timeline", app, &req.filter, Some(req.granularity.as_str()));
+    let compute = || async {
+        let t = timeline::timeline(&reader(s), app, req).await?;
+        Ok((timeline_data(&t, tz), t.source))
+    };
+    if prefetch {
+        s.cache.prefetch(&key, compute).await
+    } else {
+        s.cache.get_or_compute(&key, compute).await
+    }
 }
 
 #[tracing::instrument(skip_all)]
@@ -67,16 +96,23 @@ async fn summary(State(s): State<AppState>, headers: HeaderMap, query: QueryPair
     let app_id = p.required("appId", "app_id")?;
     let filter = Filter::parse(&p, Utc::now(), RangeDefault::LastDays)?;
     let app = authorize_app(&s, &caller, app_id).await?;
-    let key = cache_key(&s, "summary", app.id, &filter, None);
-    let hit = s
-        .cache
-        .get_or_compute(&key, || async {
-            let sum = summary::summary(&reader(&s), app.id, &filter).await?;
-            Ok::<_, QueryError>((summary_data(&sum), sum.source))
-        })
-        .await?;
-    let meta = json!({"range": range_json(filter.range, filter.tz), "tz": filter.tz.name()});
-    Ok(answer(hit.value.data.clone(), &hit.value.source, hit.tier, meta, false))
+    s.cache.record(app.id, || recipe("summary", None, &p, FILTER_PARAMS, filter.tz));
+    let hit = summary_hit(&s, app.id, &filter, false).await?;
+    let meta = Meta { range: Some(range_json(filter.range, filter.tz)), tz: Some(filter.tz.name()), ..Meta::default() };
+    answer(&hit.value.data, hit.value.source, hit.tier, meta, false)
+}
+
+async fn summary_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -> Looked {
+    let key = cache_key(s, "summary", app, filter, None);
+    let compute = || async {
+        let sum = summary::summary(&reader(s), app, filter).await?;
+        Ok((summary_data(&sum), sum.source))
+    };
+    if prefetch {
+        s.cache.prefetch(&key, compute).await
+    } else {
+        s.cache.get_or_compute(&key, compute).await
+    }
 }
 
 #[tracing::instrument(skip_all)]
@@ -90,21 +126,26 @@ async fn user(
     let Path(user_id) = path.map_err(|e| invalid(ParamError { parameter: "userId", message: e.body_text() }))?;
     let user_id = parse_user_id(&user_id)?;
     let p = params(query)?;
-    let (apps, one_app) = match p.get("appId", "app_id")? {
-        Some(app_id) => (vec![authorize_app(&s, &caller, app_id).await?.id], true),
-        None => (readable_apps(&s, &caller).await?, false),
-    };
-    let compute = || async {
-        let u = users::user_activity(&reader(&s), &apps, user_id).await?;
-        Ok::<_, QueryError>((user_data(&u, user_id), u.source))
-    };
     // One app's answer is guarded by its generation; answers over every readable app are not cached.
-    if one_app {
-        let hit = s.cache.get_or_compute(&QueryKey::user(apps[0], user_id), compute).await?;
-        return Ok(answer(hit.value.data.clone(), &hit.value.source, hit.tier, json!({}), false));
+    if let Some(app_id) = p.get("appId", "app_id")? {
+        // Not remembered for warming: the records (kept in Redis) would hold user ids.
+        let app = authorize_app(&s, &caller, app_id).await?.id;
+        let hit = user_hit(&s, app, user_id).await?;
+        return answer(&hit.value.data, hit.value.source, hit.tier, Meta::default(), false);
     }
-    let (data, source) = compute().await?;
-    Ok(answer(data, source.as_str(), Tier::Miss, json!({}), false))
+    let apps = readable_apps(&s, &caller).await?;
+    let u = users::user_activity(&reader(&s), &apps, user_id).await?;
+    answer(&to_bytes(&user_data(&u, user_id)), u.source, Tier::Miss, Meta::default(), false)
+}
+
+async fn user_hit(s: &AppState, app: Uuid, user_id: &str) -> Looked {
+    let key = QueryKey::user(app, user_id);
+    let apps = [app];
+    let compute = || async {
+        let u = users::user_activity(&reader(s), &apps, user_id).await?;
+        Ok((user_data(&u, user_id), u.source))
+    };
+    s.cache.get_or_compute(&key, compute).await
 }
 
 fn user_data(u: &users::UserActivity, user_id: &str) -> Value {
@@ -141,20 +182,124 @@ async fn overview(
     let filter = Filter::parse(&p, Utc::now(), RangeDefault::AllTime)?;
     let app_id = path.map(|Path(id)| id).unwrap_or_default();
     let app = authorize_app(&s, &caller, &app_id).await?;
-    let key = cache_key(&s, "overview", app.id, &filter, None);
-    let hit = s
-        .cache
-        .get_or_compute(&key, || async {
-            let o = overview::overview(&reader(&s), app.id, &filter).await?;
-            Ok::<_, QueryError>((overview_data(&o), o.source))
-        })
-        .await?;
-    let mut data = hit.value.data.clone();
+    s.cache.record(app.id, || recipe("overview", None, &p, FILTER_PARAMS, filter.tz));
+    let hit = overview_hit(&s, app.id, &filter, false).await?;
     // The app itself is not cached: it comes from the authorisation lookup.
-    data["app"] = json!({"id": app.id, "name": app.name, "createdAt": instant(app.created_at),
-                         "created_at": instant(app.created_at)});
-    let meta = json!({"range": range_json(filter.range, filter.tz), "tz": filter.tz.name()});
-    Ok(answer(data, &hit.value.source, hit.tier, meta, true))
+    let data = with_app(&hit.value.data, &app)?;
+    let meta = Meta { range: Some(range_json(filter.range, filter.tz)), tz: Some(filter.tz.name()), ..Meta::default() };
+    answer(&data, hit.value.source, hit.tier, meta, true)
+}
+
+async fn overview_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -> Looked {
+    let key = cache_key(s, "overview", app, filter, None);
+    let compute = || async {
+        let o = overview::overview(&reader(s), app, filter).await?;
+        Ok((overview_data(&o), o.source))
+    };
+    if prefetch {
+        s.cache.prefetch(&key, compute).await
+    } else {
+        s.cache.get_or_compute(&key, compute).await
+    }
+}
+
+/// The overview's cached `data` object with `app` added first, without parsing it.
+fn with_app(data: &[u8], app: &AppInfo) -> Result<Vec<u8>, ApiError> {
+    let app_json = json!({"id": app.id, "name": app.name, "createdAt": instant(app.created_at),
+                          "created_at": instant(app.created_at)});
+    let mut out = Vec::with_capacity(data.len() + 192);
+    out.extend_from_slice(b"{\"app\":");
+    serde_json::to_writer(&mut out, &app_json).map_err(ApiError::internal)?;
+    match data.strip_prefix(b"{") {
+        Some(rest) if rest.starts_with(b"}") => out.extend_from_slice(rest),
+        Some(rest) => {
+            out.push(b',');
+            out.extend_from_slice(rest);
+        }
+        None => return Err(ApiError::internal("a cached overview is not a JSON object")),
+    }
+    Ok(out)
+}
+
+/// The remembered form of a request, for warming: its parameters in canonical order; when the range
+/// ends today or later (in its zone), its dates relative to today (`@{days}`), so that the same
+/// dashboard is warmed after the day rolls over.
+fn recipe(
+    endpoint: &str,
+    path: Option<&str>,
+    p: &Params,
+    names: &[(&'static str, &'static str)],
+    tz: Tz,
+) -> Option<Recipe> {
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    let rolling = p.get("endDate", "end_date").ok().flatten().and_then(as_date).is_some_and(|end| end >= today);
+    let mut params = Vec::with_capacity(names.len());
+    for &(name, alias) in names {
+        let Some(v) = p.get(name, alias).ok().flatten() else { continue };
+        let v = match as_date(v) {
+            Some(day) if rolling && matches!(name, "startDate" | "endDate") => format!("@{}", (day - today).num_days()),
+            _ => v.to_owned(),
+        };
+        params.push((name.to_owned(), v));
+    }
+    Some(Recipe { endpoint: endpoint.to_owned(), path: path.map(str::to_owned), params })
+}
+
+fn as_date(v: &str) -> Option<NaiveDate> {
+    if v.len() != 10 {
+        return None;
+    }
+    NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()
+}
+
+/// The recipe's parameters as a request at `now` would send them.
+fn materialise(r: &Recipe, now: DateTime<Utc>) -> Result<Params, ApiError> {
+    let tz = parse_tz(r.params.iter().find(|(k, _)| k == "tz").map(|(_, v)| v.as_str()))?;
+    let today = now.with_timezone(&tz).date_naive();
+    let mut pairs = Vec::with_capacity(r.params.len());
+    for (k, v) in &r.params {
+        let v = match v.strip_prefix('@').map(str::parse::<i64>) {
+            Some(Ok(days)) => today
+                .checked_add_signed(chrono::Duration::days(days))
+                .ok_or_else(|| ApiError::bad_request("invalid_parameter", "a remembered date is out of range"))?
+                .format("%Y-%m-%d")
+                .to_string(),
+            _ => v.clone(),
+        };
+        pairs.push((k.clone(), v));
+    }
+    Ok(Params::new(pairs))
+}
+
+/// Asks `recipe` of `app` again into the cache (cache warming); false when it could not. Apps deleted
+/// meanwhile are skipped.
+pub async fn warm_one(s: AppState, app: Uuid, recipe: Recipe) -> bool {
+    match warm_recipe(&s, app, &recipe).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(%app, endpoint = %recipe.endpoint, code = e.code, message = %e.message, "could not warm a query");
+            false
+        }
+    }
+}
+
+async fn warm_recipe(s: &AppState, app: Uuid, r: &Recipe) -> Result<(), ApiError> {
+    if find_app(&s.pool, app).await?.is_none() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let p = materialise(r, now)?;
+    match (r.endpoint.as_str(), r.path.as_deref()) {
+        ("timeline", _) => timeline_hit(s, app, &TimelineRequest::parse(&p, now)?, true).await.map(drop)?,
+        ("summary", _) => {
+            summary_hit(s, app, &Filter::parse(&p, now, RangeDefault::LastDays)?, true).await.map(drop)?
+        }
+        ("overview", _) => {
+            overview_hit(s, app, &Filter::parse(&p, now, RangeDefault::AllTime)?, true).await.map(drop)?
+        }
+        _ => return Err(ApiError::bad_request("invalid_parameter", "unknown remembered query")),
+    }
+    Ok(())
 }
 
 /// Who is asking. [`authorize_app`] and [`readable_apps`] are the only places that decide what it
@@ -258,16 +403,45 @@ impl From<Arc<QueryError>> for ApiError {
     }
 }
 
-fn answer(data: Value, source: &str, tier: Tier, mut meta: Value, with_cached: bool) -> Json<Value> {
-    meta["source"] = json!(source);
-    meta["cache"] = json!(tier.as_str());
-    meta["generatedAt"] = json!(instant(Utc::now()));
-    let mut body = json!({"success": true, "data": data, "meta": meta});
+/// `meta`: the request's own fields (range, zone, interval) and the answer's provenance.
+#[derive(Serialize, Default)]
+struct Meta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tz: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<&'a str>,
+    source: &'a str,
+    cache: &'a str,
+    #[serde(rename = "generatedAt")]
+    generated_at: String,
+}
+
+/// `{"success": true, "data": <data>, "meta": {...}}` (and, `with_cached`, the original's top-level
+/// `cached` flag, kept for existing dashboards), written around the serialised `data` as is.
+fn answer(data: &[u8], source: Source, tier: Tier, mut meta: Meta, with_cached: bool) -> Answer {
+    meta.source = source.as_str();
+    meta.cache = tier.as_str();
+    meta.generated_at = instant(Utc::now());
+    let mut body = Vec::with_capacity(data.len() + 320);
+    body.extend_from_slice(br#"{"success":true,"data":"#);
+    body.extend_from_slice(data);
+    body.extend_from_slice(br#","meta":"#);
+    serde_json::to_writer(&mut body, &meta).map_err(ApiError::internal)?;
     if with_cached {
-        // The original's flag, kept for existing dashboards.
-        body["cached"] = json!(tier != Tier::Miss);
+        body.extend_from_slice(if tier == Tier::Miss { &br#","cached":false"#[..] } else { &br#","cached":true"#[..] });
     }
-    Json(body)
+    body.push(b'}');
+    let mut resp = Response::new(axum::body::Body::from(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// A computed `data` (not cached) in its serialised form.
+fn to_bytes(data: &Value) -> Vec<u8> {
+    // Serialising a `Value` cannot fail (its keys are strings).
+    serde_json::to_vec(data).unwrap_or_else(|_| b"null".to_vec())
 }
 
 /// The cache key of an analytics question (after authorisation, from the validated filter).
@@ -324,4 +498,40 @@ fn breakdown_json(b: &Breakdown) -> Value {
 
 fn instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Params {
+        Params::new(p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn ranges_through_today_are_remembered_relative_to_today_and_others_as_given() {
+        let today = Utc::now().date_naive();
+        let day = |n: i64| (today + chrono::Duration::days(n)).format("%Y-%m-%d").to_string();
+        let rolling = pairs(&[("appId", "x"), ("start_date", &day(-89)), ("endDate", &day(0)), ("interval", "day")]);
+        let r = recipe("timeline", None, &rolling, TIMELINE_PARAMS, Tz::UTC).unwrap();
+        let expected = [("startDate", "@-89"), ("endDate", "@0"), ("interval", "day")];
+        assert_eq!(r.params, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+
+        let closed = pairs(&[("startDate", "2026-01-01"), ("endDate", "2026-01-31"), ("tz", "Europe/Berlin")]);
+        let r = recipe("summary", None, &closed, FILTER_PARAMS, chrono_tz::Europe::Berlin).unwrap();
+        let expected = [("tz", "Europe/Berlin"), ("startDate", "2026-01-01"), ("endDate", "2026-01-31")];
+        assert_eq!(r.params, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+
+    #[test]
+    fn a_remembered_rolling_range_moves_with_the_day() {
+        let r = Recipe {
+            endpoint: "timeline".into(),
+            path: None,
+            params: vec![("startDate".into(), "@-89".into()), ("endDate".into(), "@0".into())],
+        };
+        let p = materialise(&r, "2026-11-27T00:00:01Z".parse().unwrap()).unwrap();
+        assert_eq!(p.get("startDate", "start_date").unwrap(), Some("2026-08-30"));
+        assert_eq!(p.get("endDate", "end_date").unwrap(), Some("2026-11-27"));
+    }
 }

@@ -307,3 +307,177 @@ async fn one_apps_user_activity_is_cached_and_refreshed_by_ingest() {
     assert_eq!((tier(&third), events(&third)), ("miss", 3));
     assert_eq!((tier(&all_apps), events(&all_apps)), ("miss", 3));
 }
+
+/// Top-level keys of a body, and `meta`'s.
+fn shape(r: &Reply) -> (Vec<String>, Vec<String>) {
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    (keys(&r.body), keys(&r.body["meta"]))
+}
+
+#[tokio::test]
+async fn hits_are_written_around_the_stored_data_with_the_envelope_of_a_miss() {
+    let app = spawn_app_with(|c| c.cache_mode = CacheMode::L1).await;
+    seed(&app).await;
+    let q = closed_range(app.app_id);
+    let overview_url = app.url(&format!("/api/analytics/apps/{}/overview", app.app_id));
+    let overview_q = [("startDate", q[1].1.clone()), ("endDate", q[2].1.clone())];
+
+    let (miss, hit) = (timeline(&app, &q).await, timeline(&app, &q).await);
+    let overview_miss = get(&app.http, overview_url.clone(), &overview_q).await;
+    let overview_hit = get(&app.http, overview_url, &overview_q).await;
+
+    assert_eq!((tier(&miss), tier(&hit)), ("miss", "l1"));
+    assert_eq!(hit.headers["content-type"], "application/json");
+    assert_eq!(shape(&hit), shape(&miss));
+    assert_eq!(shape(&hit).0, ["cached", "data", "meta", "success"]);
+    assert_eq!(shape(&hit).1, ["cache", "generatedAt", "interval", "range", "source", "tz"]);
+    assert_eq!(hit.body["success"], json!(true));
+    assert_eq!(hit.body["meta"]["source"], miss.body["meta"]["source"]);
+    assert_eq!(hit.body["data"], miss.body["data"]);
+    assert_eq!((tier(&overview_miss), tier(&overview_hit)), ("miss", "l1"));
+    assert_eq!(shape(&overview_hit), shape(&overview_miss));
+    assert_eq!(overview_hit.body["data"], overview_miss.body["data"]);
+    assert_eq!(overview_hit.body["data"]["app"]["id"], json!(app.app_id));
+    assert_eq!(overview_hit.body["data"]["app"]["name"], json!("test app"));
+    assert_eq!(overview_hit.body["data"]["stats"]["totalEvents"], json!(2));
+}
+
+#[tokio::test]
+async fn with_l1_off_identical_concurrent_requests_share_one_redis_lookup_and_one_computation() {
+    let prefix = unique_prefix();
+    let app = spawn_app_with(|_| {}).await;
+    seed(&app).await;
+    let server = spawn_server_on(&app.db_name, |c| {
+        with_redis(&prefix)(c);
+        c.cache_mode = CacheMode::L2;
+    })
+    .await;
+    let q = closed_range(app.app_id);
+    let url = server.url("/api/analytics/events/timeline");
+
+    // Twenty open connections first, so the twenty requests arrive together.
+    futures_util::future::join_all((0..20).map(|_| server.http.get(server.url("/health")).send())).await;
+    let misses = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
+    let after_misses = (server.cache.l2_lookups(), server.cache.computations());
+    tokio::time::sleep(Duration::from_millis(300)).await; // the L2 fill is asynchronous
+    let hits = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
+
+    assert!(misses.iter().all(|r| total(r) == 2 && tier(r) == "miss"), "{}", misses[0].body);
+    assert_eq!(after_misses, (1, 1));
+    assert!(hits.iter().all(|r| total(r) == 2 && tier(r) == "l2"), "{}", hits[0].body);
+    assert_eq!((server.cache.l2_lookups(), server.cache.computations()), (2, 1));
+}
+
+#[tokio::test]
+async fn a_redis_that_never_answers_costs_one_computation_not_a_storm_of_them() {
+    // Accepts connections and never answers: every lookup times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let app = spawn_app_with(|_| {}).await;
+    seed(&app).await;
+    let server = spawn_server_on(&app.db_name, |c| {
+        c.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+        c.redis_prefix = unique_prefix();
+        c.redis_timeout = Duration::from_millis(50);
+        c.cache_mode = CacheMode::L2;
+    })
+    .await;
+    let q = closed_range(app.app_id);
+    let url = server.url("/api/analytics/events/timeline");
+
+    futures_util::future::join_all((0..30).map(|_| server.http.get(server.url("/health")).send())).await;
+    let answers = futures_util::future::join_all((0..30).map(|_| get(&server.http, url.clone(), &q))).await;
+
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200; 30]);
+    assert!(answers.iter().all(|r| total(r) == 2 && tier(r) == "miss"));
+    assert_eq!((server.cache.l2_lookups(), server.cache.computations()), (1, 1));
+}
+
+fn warm_on(c: &mut Config) {
+    c.cache_warm = Some(5);
+    // Long enough that a slow test machine cannot expire a warmed answer before it is asked for.
+    c.freshness = Duration::from_secs(60);
+}
+
+/// The last ten days through today, by day: a rolling dashboard range.
+fn through_today(app: Uuid) -> Vec<(&'static str, String)> {
+    let today = Utc::now().date_naive();
+    vec![
+        ("appId", app.to_string()),
+        ("startDate", (today - chrono::Days::new(10)).to_string()),
+        ("endDate", today.to_string()),
+        ("interval", "day".into()),
+    ]
+}
+
+#[tokio::test]
+async fn a_warmed_query_answers_l1_on_its_first_request_after_the_rollover() {
+    let app = spawn_app_with(|_| {}).await;
+    seed(&app).await;
+    let server = spawn_server_on(&app.db_name, |c| {
+        c.cache_mode = CacheMode::L1;
+        warm_on(c);
+    })
+    .await;
+    let q = through_today(app.app_id);
+    let url = server.url("/api/analytics/events/timeline");
+    assert_eq!(tier(&get(&server.http, url.clone(), &q).await), "miss");
+    // A commit on this instance makes the app's cached answers unreachable.
+    let event = event_at(Utc::now() - Span::days(1));
+    let r = reply(
+        server
+            .http
+            .post(server.url("/api/events/track"))
+            .header("X-API-Key", &app.api_key)
+            .json(&event)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let before = server.cache.computations();
+
+    server.cache.warm_now().await;
+    let warmed = server.cache.computations();
+    let first = get(&server.http, url.clone(), &q).await;
+
+    assert_eq!(warmed, before + 1);
+    assert_eq!((tier(&first), total(&first)), ("l1", 3));
+    assert_eq!(server.cache.computations(), warmed);
+}
+
+#[tokio::test]
+async fn a_new_instance_warms_what_redis_remembers_before_its_first_request() {
+    let prefix = unique_prefix();
+    let app = spawn_app_with(|_| {}).await;
+    seed(&app).await;
+    let with_warming = |c: &mut Config| {
+        with_redis(&prefix)(c);
+        warm_on(c);
+    };
+    let a = spawn_server_on(&app.db_name, with_warming).await;
+    let q = through_today(app.app_id);
+    assert_eq!(tier(&get(&a.http, a.url("/api/analytics/events/timeline"), &q).await), "miss");
+    a.cache.warm_now().await; // also adds the request counts to Redis
+
+    let b = spawn_server_on(&app.db_name, with_warming).await;
+    for _ in 0..250 {
+        if b.cache.warm_passes() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = get(&b.http, b.url("/api/analytics/events/timeline"), &q).await;
+
+    assert_eq!(b.cache.warm_passes(), 1);
+    assert_eq!((tier(&first), total(&first)), ("l1", 2));
+    assert_eq!((b.cache.l2_lookups(), b.cache.computations()), (1, 0));
+}
