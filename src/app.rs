@@ -86,7 +86,7 @@ impl Application {
         let ua = tokio::task::spawn_blocking(UaParser::new).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let accept_window = chrono::Duration::from_std(cfg.accept_window).context("STRATA_ACCEPT_WINDOW")?;
-        let state = AppState {
+        let state = AppState::new(http::SharedState {
             cfg: Arc::new(cfg),
             pool,
             keys,
@@ -97,7 +97,7 @@ impl Application {
             cache,
             authz: http::authz_cache(),
             limits,
-        };
+        });
         if let Some(top) = state.cfg.cache_warm {
             // STRATA_CACHE_WARM: precompute the most requested queries after start and each rollover.
             let warm_state = state.clone();

@@ -114,6 +114,9 @@ pub struct Config {
     pub retention_drop: bool,
     /// `STRATA_MAINTENANCE_INTERVAL` (default `10m`): how often the scheduler runs maintenance.
     pub maintenance_interval: Duration,
+    /// `STRATA_MAX_BUCKETS` (default 10,000): most buckets one timeline may have (more is a 400 on
+    /// `interval`).
+    pub max_buckets: usize,
     /// `STRATA_TIER_COMPACT_INTERVAL` (default `2s`): how often writer deltas of the multi-tier rollups
     /// are merged into their hour, day and month rows (queries read the remaining deltas too).
     pub tier_compact_interval: Duration,
@@ -180,6 +183,7 @@ impl Default for Config {
             retention_drop: false,
             maintenance_interval: Duration::from_secs(600),
             tier_compact_interval: Duration::from_secs(2),
+            max_buckets: crate::query::params::MAX_BUCKETS,
             partition_lock_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -335,6 +339,14 @@ impl Config {
         }
         c.maintenance_interval = dur("STRATA_MAINTENANCE_INTERVAL", c.maintenance_interval)?;
         c.tier_compact_interval = dur("STRATA_TIER_COMPACT_INTERVAL", c.tier_compact_interval)?;
+        if let Some(v) = get("STRATA_MAX_BUCKETS") {
+            c.max_buckets = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| invalid("STRATA_MAX_BUCKETS", &v, "expected a whole number from 1 to 1000000"))?;
+        }
         c.partition_lock_timeout = dur("STRATA_PARTITION_LOCK_TIMEOUT", c.partition_lock_timeout)?;
         c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
@@ -511,6 +523,15 @@ mod tests {
         assert_eq!(c.header_timeout, Duration::from_secs(2));
         let err = Config::from_vars(&vars(&[("STRATA_HEADER_TIMEOUT", "0s")])).unwrap_err();
         assert_eq!(err.name, "STRATA_HEADER_TIMEOUT");
+    }
+
+    #[test]
+    fn the_bucket_cap_is_configurable_within_bounds() {
+        assert_eq!(Config::default().max_buckets, 10_000);
+        let cap = |v: &str| Config::from_vars(&vars(&[("STRATA_MAX_BUCKETS", v)])).map(|c| c.max_buckets);
+        assert_eq!(cap("500").unwrap(), 500);
+        assert_eq!(cap("0").unwrap_err().name, "STRATA_MAX_BUCKETS");
+        assert_eq!(cap("many").unwrap_err().name, "STRATA_MAX_BUCKETS");
     }
 
     #[test]

@@ -61,7 +61,7 @@ async fn timeline(State(s): State<AppState>, headers: HeaderMap, query: QueryPai
     let caller = authenticate(&s, &headers)?;
     let p = params(query)?;
     let app_id = p.required("appId", "app_id")?;
-    let req = TimelineRequest::parse(&p, Utc::now())?;
+    let req = TimelineRequest::parse(&p, Utc::now(), s.cfg.max_buckets)?;
     let app = authorize_app(&s, &caller, app_id).await?;
     let tz = req.filter.tz;
     s.cache.record(app.id, || recipe("timeline", None, &p, TIMELINE_PARAMS, tz));
@@ -290,7 +290,9 @@ async fn warm_recipe(s: &AppState, app: Uuid, r: &Recipe) -> Result<(), ApiError
     let now = Utc::now();
     let p = materialise(r, now)?;
     match (r.endpoint.as_str(), r.path.as_deref()) {
-        ("timeline", _) => timeline_hit(s, app, &TimelineRequest::parse(&p, now)?, true).await.map(drop)?,
+        ("timeline", _) => {
+            timeline_hit(s, app, &TimelineRequest::parse(&p, now, s.cfg.max_buckets)?, true).await.map(drop)?
+        }
         ("summary", _) => {
             summary_hit(s, app, &Filter::parse(&p, now, RangeDefault::LastDays)?, true).await.map(drop)?
         }

@@ -31,9 +31,28 @@ pub mod openapi;
 pub mod privacy;
 pub mod serve;
 
-/// Cheap handles shared by every handler.
+/// What every handler shares: one `Arc`, so axum's per-request clone of the state is one atomic
+/// increment rather than one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl AppState {
+    /// Wraps the shared handles.
+    pub fn new(shared: SharedState) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// The handles behind [`AppState`].
+pub struct SharedState {
     /// Configuration.
     pub cfg: Arc<Config>,
     /// PostgreSQL pool.

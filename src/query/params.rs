@@ -12,7 +12,7 @@ use chrono_tz::Tz;
 use super::buckets::{bucket_starts, local_start, Granularity};
 use super::plan::Span;
 
-/// Most buckets one timeline may have.
+/// Most buckets one timeline may have, by default (`STRATA_MAX_BUCKETS`).
 pub const MAX_BUCKETS: usize = 10_000;
 /// Range used when neither `startDate` nor `endDate` is given (timeline, summary).
 pub const DEFAULT_RANGE_DAYS: i64 = 30;
@@ -167,15 +167,15 @@ pub struct TimelineRequest {
 }
 
 impl TimelineRequest {
-    /// Reads the filters and `interval`, and lays out the buckets (at most [`MAX_BUCKETS`]).
-    pub fn parse(p: &Params, now: DateTime<Utc>) -> Result<TimelineRequest, ParamError> {
+    /// Reads the filters and `interval`, and lays out the buckets (at most `max_buckets`).
+    pub fn parse(p: &Params, now: DateTime<Utc>, max_buckets: usize) -> Result<TimelineRequest, ParamError> {
         let filter = Filter::parse(p, now, RangeDefault::LastDays)?;
         let granularity = match p.get("interval", "granularity")? {
             None => Granularity::Day,
             Some(v) => Granularity::parse(v)
                 .ok_or_else(|| ParamError::new("interval", "interval must be hour, day, week or month"))?,
         };
-        let buckets = bucket_starts(filter.range, filter.tz, granularity, MAX_BUCKETS).map_err(|e| {
+        let buckets = bucket_starts(filter.range, filter.tz, granularity, max_buckets).map_err(|e| {
             ParamError::new("interval", format!("the range holds more than {} {} buckets", e.cap, granularity.as_str()))
         })?;
         Ok(TimelineRequest { filter, granularity, buckets })
@@ -242,7 +242,7 @@ mod tests {
             (&[("eventType", "a"), ("event_type", "b")], "eventType"),
         ];
         for (q, name) in cases {
-            assert_eq!(TimelineRequest::parse(&params(q), now()).unwrap_err().parameter, name, "{q:?}");
+            assert_eq!(TimelineRequest::parse(&params(q), now(), MAX_BUCKETS).unwrap_err().parameter, name, "{q:?}");
         }
         assert_eq!(params(&[("appId", "")]).required("appId", "app_id").unwrap_err().parameter, "appId");
     }

@@ -241,3 +241,22 @@ fn urlencode(s: &str) -> String {
         .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
+
+#[tokio::test]
+async fn the_bucket_cap_follows_the_configuration() {
+    let app = crate::helpers::spawn_app_with(|c| c.max_buckets = 48).await;
+    let q = |end: &str| {
+        vec![
+            ("appId", app.app_id.to_string()),
+            ("startDate", "2026-03-01T00:00:00Z".to_string()),
+            ("endDate", end.to_string()),
+            ("interval", "hour".to_string()),
+        ]
+    };
+    let ok = get(&app, "/api/analytics/events/timeline", &q("2026-03-03T00:00:00Z")).await;
+    assert_eq!((ok.status, ok.body["data"].as_array().map(Vec::len)), (200, Some(48)), "{}", ok.body);
+    let over = get(&app, "/api/analytics/events/timeline", &q("2026-03-03T01:00:00Z")).await;
+    assert_eq!(over.status, 400, "{}", over.body);
+    assert_eq!(over.body["error"]["details"]["parameter"], "interval");
+    assert_eq!(over.body["error"]["message"], "the range holds more than 48 hour buckets");
+}
