@@ -358,7 +358,8 @@ fn questions(app: Uuid, now: DateTime<Utc>) -> Vec<Question> {
     ]
 }
 
-/// Compares the 90-day timeline's totals with the raw scan; prints MISMATCH loudly.
+/// Compares the 90-day timeline's totals with the raw scan (events exactly, distinct users within
+/// the sketches' documented error); prints MISMATCH loudly.
 async fn check_timeline(db: &tokio_postgres::Client, base: &str, q: &Question, app: Uuid) -> Result<bool> {
     let body = get(&http_client(1)?, &format!("{base}{}", q.path)).await?;
     let v: Value = serde_json::from_slice(&body)?;
@@ -379,11 +380,15 @@ async fn check_timeline(db: &tokio_postgres::Client, base: &str, q: &Question, a
         v["meta"]["source"],
         v["meta"]["cache"]
     );
-    let ok = http_events == raw_events && http_users == raw_users && buckets.len() == 90;
+    // Event counts are exact; distinct users come from sketches: exact up to 32-bit hash collisions
+    // while a bucket holds at most 4,096 ids, a HyperLogLog (0.81% standard error) beyond.
+    let users_error = (http_users - raw_users).abs() as f64 / (raw_users.max(1) as f64);
+    println!("    distinct users: relative error {:.4}% (bound: 3 standard errors = 2.43%)", users_error * 100.0);
+    let ok = http_events == raw_events && users_error <= 0.0243 && buckets.len() == 90;
     if !ok {
         println!("!!!!! MISMATCH: the 90-day timeline over HTTP differs from the raw scan !!!!!");
     } else {
-        println!("OK: the 90-day timeline equals the raw scan");
+        println!("OK: the 90-day timeline's events equal the raw scan, distinct users within the sketch's bound");
     }
     Ok(ok)
 }
