@@ -431,18 +431,6 @@ fn fmt_ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1e3)
 }
 
-fn fmt_int(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn print_row(r: &Row) {
     println!(
         "{}: 1 conn p50 {} p95 {} p99 {} ({} req) | {CONNS_HIGH} conns p50 {} p95 {} p99 {} {:.0} req/s \

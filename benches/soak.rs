@@ -310,15 +310,3 @@ async fn verify(db: &tokio_postgres::Client, acked: &[(Uuid, Uuid)]) -> Result<b
     );
     Ok(duplicated == 0 && lost == 0 && unacknowledged == 0 && mismatched == 0 && raw_cells > 0)
 }
-
-fn fmt_int(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}

@@ -320,3 +320,16 @@ pub(crate) fn drain_stderr(stderr: ChildStderr, last: &Mutex<Vec<String>>, addr_
         last.push(line);
     }
 }
+
+/// `n` with thousands separators (1,234,567).
+pub(crate) fn fmt_int(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -8,7 +8,6 @@ use axum::Router;
 use deadpool_postgres::Pool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::keys::KeyAuth;
@@ -90,7 +89,7 @@ pub fn authz_cache() -> moka::future::Cache<(Option<(uuid::Uuid, uuid::Uuid)>, u
 
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
-    let slow = state.cfg.slow_request;
+    let (slow, deadline) = (state.cfg.slow_request, state.cfg.request_timeout);
     Router::new()
         .merge(ingest::router())
         .merge(health::router())
@@ -105,7 +104,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| crate::metrics::track_requests(slow, req, next)))
         // Outside the routes, so preflights and error answers carry CORS headers too.
         .layer(cors(&state.cfg.cors_origins))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.cfg.request_timeout))
+        .layer(axum::middleware::from_fn(move |req, next| request_deadline(deadline, req, next)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
@@ -119,6 +118,22 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
     tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+}
+
+/// Requests (slow bodies included) that take longer than `STRATA_REQUEST_TIMEOUT` get a JSON 408.
+async fn request_deadline(
+    limit: std::time::Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let message = format!("the request took longer than STRATA_REQUEST_TIMEOUT ({limit:?})");
+            error::ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).into_response()
+        }
+    }
 }
 
 async fn method_not_allowed() -> error::ApiError {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use strata::config::{CacheMode, Config};
 use uuid::Uuid;
 
-use crate::helpers::{reply, spawn_app_with, spawn_server_on, Reply, TestApp, ADMIN_TOKEN};
+use crate::helpers::{reply, spawn_app_with, spawn_server_on, PrivateRedis, Reply, TestApp, ADMIN_TOKEN};
 
 const TEST_REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -243,47 +243,6 @@ async fn with_the_cache_off_every_query_is_a_miss() {
     let q = closed_range(app.app_id);
     for _ in 0..2 {
         assert_eq!(tier(&timeline(&app, &q).await), "miss");
-    }
-}
-
-/// A redis-server of this test alone, on a free port, killed on drop.
-struct PrivateRedis {
-    child: Option<std::process::Child>,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start() -> Option<PrivateRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(PrivateRedis { child: Some(child), port });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

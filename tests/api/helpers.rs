@@ -301,3 +301,61 @@ impl Drop for TestServer {
         self.stop.cancel();
     }
 }
+
+/// A redis-server of this test alone, on a free port, killed on drop.
+pub struct PrivateRedis {
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts one (`None` when redis-server is not installed or does not come up).
+    pub fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(PrivateRedis { child: Some(child), port });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it for good.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// FLUSHALL.
+    pub async fn flushall(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("FLUSHALL").query_async::<()>(&mut con).await.unwrap();
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT: a hung Redis that accepts bytes and answers nothing.
+    pub fn pause(&self, stopped: bool) {
+        let signal = if stopped { "-STOP" } else { "-CONT" };
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -196,3 +196,25 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     let r = reply(app.http.get(app.url("/api/events/track")).send().await.unwrap()).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (405, Some("method_not_allowed")));
 }
+
+#[tokio::test]
+async fn a_request_over_the_timeout_gets_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app_with(|c| c.request_timeout = std::time::Duration::from_secs(1)).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/events/track HTTP/1.1\r\nHost: strata\r\nX-API-Key: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\nConnection: close\r\n\r\n{{",
+        app.api_key
+    );
+    // The body never completes.
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 408 Request Timeout"), "{head}");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "request_timeout");
+    assert_eq!(app.raw_count().await, 0);
+}

@@ -10,55 +10,7 @@ use serde_json::{json, Value};
 use strata::config::CacheMode;
 use uuid::Uuid;
 
-use crate::helpers::{reply, spawn_app_with, spawn_server_on, Reply, ADMIN_TOKEN};
-
-/// A redis-server of this test alone, on a free port, killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start() -> Option<PrivateRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(PrivateRedis { child, port });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn flushall(&self) {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut con = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("FLUSHALL").query_async::<()>(&mut con).await.unwrap();
-    }
-
-    /// SIGSTOP (`true`) or SIGCONT: a hung Redis that accepts bytes and answers nothing.
-    fn pause(&self, stopped: bool) {
-        let signal = if stopped { "-STOP" } else { "-CONT" };
-        let pid = self.child.id().to_string();
-        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::helpers::{reply, spawn_app_with, spawn_server_on, PrivateRedis, Reply, ADMIN_TOKEN};
 
 fn event_days_ago(days: i64) -> Value {
     let t = (Utc::now() - Span::days(days)).to_rfc3339_opts(SecondsFormat::Secs, true);
