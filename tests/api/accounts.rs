@@ -338,3 +338,45 @@ async fn a_key_revoked_on_one_instance_stops_working_on_another_within_a_second(
     }
     assert_eq!(status, 401, "instance B still accepts the revoked key after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn without_redis_a_revoked_key_stops_working_on_another_instance_within_the_key_cache_ttl() {
+    const TTL: Duration = Duration::from_secs(3);
+    // Redis on a closed port: no bus, so instance B learns of the revocation only when its key cache
+    // entry expires (STRATA_KEY_CACHE_TTL, the documented fallback bound).
+    let no_redis = |c: &mut strata::config::Config| {
+        c.redis_url = Some("redis://127.0.0.1:1".into());
+        c.key_cache_ttl = TTL;
+    };
+    let a = spawn_app_with(no_redis).await;
+    let b = crate::helpers::spawn_server_on(&a.db_name, no_redis).await;
+    let (token, _) = register(&a, "fallback@example.com").await;
+    let app_id = new_app(&a, &token, "shop").await;
+    let created = new_key(&a, &token, &app_id).await;
+    let key = created.body["data"]["apiKey"].as_str().unwrap().to_string();
+    let key_id = created.body["data"]["id"].as_str().unwrap().to_string();
+    let track_on_b = || {
+        b.http
+            .post(format!("http://{}/api/events/track", b.addr))
+            .header("X-API-Key", &key)
+            .json(&json!({"eventType": "x"}))
+            .send()
+    };
+    assert_eq!(track_on_b().await.unwrap().status(), 201);
+    let cached_at = std::time::Instant::now();
+    let revoked = call(&a, Method::DELETE, &format!("/api/keys/{key_id}"), &token, None).await;
+    assert!(revoked.status < 300, "{}", revoked.body);
+    // A at once (its own cache was evicted); B still serves its cached entry.
+    let on_a = a.http.post(a.url("/api/events/track")).header("X-API-Key", &key).json(&json!({"eventType": "x"}));
+    assert_eq!(on_a.send().await.unwrap().status(), 401);
+    assert_eq!(track_on_b().await.unwrap().status(), 201, "B has no bus: it keeps its cached key until the TTL");
+    let mut status = 201;
+    while cached_at.elapsed() < TTL + Duration::from_millis(1500) {
+        status = track_on_b().await.unwrap().status().as_u16();
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 401, "B still accepts the revoked key {:?} after caching it", cached_at.elapsed());
+}
