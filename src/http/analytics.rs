@@ -396,6 +396,9 @@ impl From<QueryError> for ApiError {
 /// A failed computation behind the cache (shared by the requests that waited for it).
 impl From<Arc<QueryError>> for ApiError {
     fn from(e: Arc<QueryError>) -> ApiError {
+        if let QueryError::Param(p) = &*e {
+            return invalid(p.clone());
+        }
         if e.is_unavailable() {
             tracing::warn!(error = %e, "analytics query failed");
             ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")

@@ -33,6 +33,10 @@ pub enum QueryError {
     /// A statement failed.
     #[error("database error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// A parameter found unusable only when the answer is computed (too many buckets: laid out on a
+    /// cache miss only).
+    #[error(transparent)]
+    Param(#[from] params::ParamError),
     /// A stored rollup sketch could not be decoded.
     #[error(transparent)]
     Corrupt(#[from] sketch::CorruptSketch),
@@ -48,7 +52,7 @@ impl QueryError {
                     || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
                     || e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
             }
-            QueryError::Corrupt(_) => false,
+            QueryError::Corrupt(_) | QueryError::Param(_) => false,
         }
     }
 }

@@ -162,12 +162,13 @@ pub struct TimelineRequest {
     pub filter: Filter,
     /// Bucket width (`interval`, or `granularity` as the original's docs spelled it; default day).
     pub granularity: Granularity,
-    /// Bucket starts, in order (see [`bucket_starts`]).
-    pub buckets: Vec<DateTime<Utc>>,
+    /// Most buckets allowed (`STRATA_MAX_BUCKETS`).
+    pub max_buckets: usize,
 }
 
 impl TimelineRequest {
-    /// Reads the filters and `interval`, and lays out the buckets (at most `max_buckets`).
+    /// Reads the filters and `interval`. The buckets are laid out by [`TimelineRequest::buckets`], only
+    /// when an answer is computed (a cache hit needs none of the time-zone arithmetic).
     pub fn parse(p: &Params, now: DateTime<Utc>, max_buckets: usize) -> Result<TimelineRequest, ParamError> {
         let filter = Filter::parse(p, now, RangeDefault::LastDays)?;
         let granularity = match p.get("interval", "granularity")? {
@@ -175,10 +176,16 @@ impl TimelineRequest {
             Some(v) => Granularity::parse(v)
                 .ok_or_else(|| ParamError::new("interval", "interval must be hour, day, week or month"))?,
         };
-        let buckets = bucket_starts(filter.range, filter.tz, granularity, max_buckets).map_err(|e| {
+        Ok(TimelineRequest { filter, granularity, max_buckets })
+    }
+
+    /// Bucket starts, in order (see [`bucket_starts`]): at most `max_buckets`, else an error naming
+    /// `interval`.
+    pub fn buckets(&self) -> Result<Vec<DateTime<Utc>>, ParamError> {
+        let (filter, granularity) = (&self.filter, self.granularity);
+        bucket_starts(filter.range, filter.tz, granularity, self.max_buckets).map_err(|e| {
             ParamError::new("interval", format!("the range holds more than {} {} buckets", e.cap, granularity.as_str()))
-        })?;
-        Ok(TimelineRequest { filter, granularity, buckets })
+        })
     }
 }
 
@@ -242,7 +249,8 @@ mod tests {
             (&[("eventType", "a"), ("event_type", "b")], "eventType"),
         ];
         for (q, name) in cases {
-            assert_eq!(TimelineRequest::parse(&params(q), now(), MAX_BUCKETS).unwrap_err().parameter, name, "{q:?}");
+            let err = TimelineRequest::parse(&params(q), now(), MAX_BUCKETS).and_then(|r| r.buckets()).unwrap_err();
+            assert_eq!(err.parameter, name, "{q:?}");
         }
         assert_eq!(params(&[("appId", "")]).required("appId", "app_id").unwrap_err().parameter, "appId");
     }

@@ -31,11 +31,12 @@ pub struct Timeline {
 }
 
 /// Answers `req` for `app`.
-#[tracing::instrument(skip_all, fields(app = %app, buckets = req.buckets.len()))]
+#[tracing::instrument(skip_all, fields(app = %app))]
 pub async fn timeline(reader: &Reader, app: Uuid, req: &TimelineRequest) -> Result<Timeline, QueryError> {
+    let bounds = req.buckets()?;
+    let bounds = bounds.as_slice();
     let mut client = reader.connection().await?;
     let tx = reader.begin(&mut client).await?;
-    let bounds = req.buckets.as_slice();
     let select = Select {
         event_type: req.filter.event_type.as_deref(),
         per_type: false,
