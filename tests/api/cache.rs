@@ -23,6 +23,21 @@ fn with_redis(prefix: &str) -> impl Fn(&mut Config) + '_ {
     }
 }
 
+/// Waits (up to 10 s) until Redis holds an answer under `prefix`.
+async fn wait_for_answers_in_redis(prefix: &str) {
+    let client = redis::Client::open(TEST_REDIS).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{prefix}{}:*", strata::cache::keys::KEY_VERSION);
+    for _ in 0..500 {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut con).await.unwrap();
+        if !keys.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no answer reached Redis under {pattern}");
+}
+
 fn unique_prefix() -> String {
     format!("test:{}:", Uuid::new_v4())
 }
@@ -94,7 +109,7 @@ async fn another_instance_sharing_redis_answers_from_l2() {
     let q = closed_range(app.app_id);
     let first = timeline(&app, &q).await;
     assert_eq!(tier(&first), "miss");
-    tokio::time::sleep(Duration::from_millis(300)).await; // the L2 fill is asynchronous
+    wait_for_answers_in_redis(&prefix).await; // the L2 fill is asynchronous
 
     let other = spawn_server_on(&app.db_name, with_redis(&prefix)).await;
     let from_other = get(&other.http, other.url("/api/analytics/events/timeline"), &q).await;
@@ -318,7 +333,7 @@ async fn with_l1_off_identical_concurrent_requests_share_one_redis_lookup_and_on
     futures_util::future::join_all((0..20).map(|_| server.http.get(server.url("/health")).send())).await;
     let misses = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
     let after_misses = (server.cache.l2_lookups(), server.cache.computations());
-    tokio::time::sleep(Duration::from_millis(300)).await; // the L2 fill is asynchronous
+    wait_for_answers_in_redis(&prefix).await; // the L2 fill is asynchronous
     let hits = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
 
     assert!(misses.iter().all(|r| total(r) == 2 && tier(r) == "miss"), "{}", misses[0].body);
