@@ -294,6 +294,24 @@ async fn auth_attempts_over_the_per_ip_limit_get_429_with_rate_limit_headers() {
     assert_eq!(owners, 0);
 }
 
+/// A new owner (token), their app and a key on it: (token, API key, key id).
+async fn owner_with_key(app: &TestApp, email: &str) -> (String, String, String) {
+    let (token, _) = register(app, email).await;
+    let app_id = new_app(app, &token, "shop").await;
+    let created = new_key(app, &token, &app_id).await;
+    let key = created.body["data"]["apiKey"].as_str().unwrap().to_string();
+    (token, key, created.body["data"]["id"].as_str().unwrap().to_string())
+}
+
+/// One event tracked with `key` on a second instance.
+fn track_on(
+    server: &crate::helpers::TestServer,
+    key: &str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    let url = format!("http://{}/api/events/track", server.addr);
+    server.http.post(url).header("X-API-Key", key).json(&json!({"eventType": "x"})).send()
+}
+
 #[tokio::test]
 async fn a_key_revoked_on_one_instance_stops_working_on_another_within_a_second() {
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -311,18 +329,8 @@ async fn a_key_revoked_on_one_instance_stops_working_on_another_within_a_second(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(b.cache.bus_connected(), "instance B never subscribed to the bus");
-    let (token, _) = register(&a, "revoker@example.com").await;
-    let app_id = new_app(&a, &token, "shop").await;
-    let created = new_key(&a, &token, &app_id).await;
-    let key = created.body["data"]["apiKey"].as_str().unwrap().to_string();
-    let key_id = created.body["data"]["id"].as_str().unwrap().to_string();
-    let track_on_b = || {
-        b.http
-            .post(format!("http://{}/api/events/track", b.addr))
-            .header("X-API-Key", &key)
-            .json(&json!({"eventType": "x"}))
-            .send()
-    };
+    let (token, key, key_id) = owner_with_key(&a, "revoker@example.com").await;
+    let track_on_b = || track_on(&b, &key);
     // B caches the key as valid (for up to 30 s without the bus).
     assert_eq!(track_on_b().await.unwrap().status(), 201);
     let revoked = call(&a, Method::DELETE, &format!("/api/keys/{key_id}"), &token, None).await;
@@ -350,18 +358,8 @@ async fn without_redis_a_revoked_key_stops_working_on_another_instance_within_th
     };
     let a = spawn_app_with(no_redis).await;
     let b = crate::helpers::spawn_server_on(&a.db_name, no_redis).await;
-    let (token, _) = register(&a, "fallback@example.com").await;
-    let app_id = new_app(&a, &token, "shop").await;
-    let created = new_key(&a, &token, &app_id).await;
-    let key = created.body["data"]["apiKey"].as_str().unwrap().to_string();
-    let key_id = created.body["data"]["id"].as_str().unwrap().to_string();
-    let track_on_b = || {
-        b.http
-            .post(format!("http://{}/api/events/track", b.addr))
-            .header("X-API-Key", &key)
-            .json(&json!({"eventType": "x"}))
-            .send()
-    };
+    let (token, key, key_id) = owner_with_key(&a, "fallback@example.com").await;
+    let track_on_b = || track_on(&b, &key);
     assert_eq!(track_on_b().await.unwrap().status(), 201);
     let cached_at = std::time::Instant::now();
     let revoked = call(&a, Method::DELETE, &format!("/api/keys/{key_id}"), &token, None).await;
