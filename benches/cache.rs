@@ -22,65 +22,18 @@
 //! `STRATA_BENCH_SECONDS` (measured window per phase, default 5), `STRATA_BENCH_WARMUP_SECONDS`
 //! (default 1), `STRATA_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`).
 
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::pin;
-use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::BytesMut;
-use chrono::{DateTime, Utc};
-use partition_jobs::Month;
-use rand::Rng;
 use serde_json::Value;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use uuid::Uuid;
-
-use strata::ingest::store::{COPY_EVENTS, COPY_TYPES};
 
 mod common;
 use common::*;
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-const ADMIN_TOKEN: &str = "bench-admin";
-const KEY_SECRET: &str = "bench-secret";
 const DEFAULT_EVENTS: usize = 300_000;
-/// Share of the events per app, when there are 10 apps (not in this benchmark: one app).
-const APP_SHARES: [f64; 10] = [0.30, 0.20, 0.15, 0.10, 0.08, 0.06, 0.04, 0.03, 0.02, 0.02];
-const EVENT_TYPES: [&str; 20] = [
-    "page_view",
-    "click",
-    "scroll",
-    "form_submit",
-    "signup",
-    "login",
-    "logout",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "purchase",
-    "search",
-    "video_play",
-    "video_pause",
-    "share",
-    "download",
-    "error",
-    "feature_used",
-    "notification_open",
-    "session_start",
-];
-const DEVICES: [&str; 3] = ["desktop", "mobile", "tablet"];
-const BROWSERS: [&str; 4] = ["Chrome", "Firefox", "Safari", "Edge"];
-const OSES: [&str; 4] = ["Windows", "macOS", "Linux", "iOS"];
-const USER_AGENT: &str = "Mozilla/5.0 (bench)";
-/// Rows per COPY statement (one transaction each).
-const COPY_CHUNK: usize = 50_000;
-/// Parallel COPY connections.
-const COPY_STREAMS: usize = 2;
 /// Connection counts of the cached and uncached phases.
 const CONNS: [usize; 3] = [1, 10, 100];
 /// Sequential Redis GETs of the floor measurement.
@@ -307,16 +260,6 @@ struct Settings {
     warmup: Duration,
 }
 
-fn env_number(name: &str, default: f64) -> Result<f64> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().replace(['_', ','], "").parse::<f64>() {
-            Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
-            _ => bail!("{name}={v:?} is not a non-negative number"),
-        },
-    }
-}
-
 impl Settings {
     fn from_env() -> Result<Settings> {
         let s = Settings {
@@ -334,14 +277,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbenchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_bench(bench())
 }
 
 async fn bench() -> Result<()> {

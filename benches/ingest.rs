@@ -44,47 +44,25 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::BytesMut;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rand::Rng;
 use serde_json::Value;
 use strata::ingest::ua::{UaInfo, UaParser};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// Default server on which the scratch database is created.
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// HMAC secret of API keys, shared by the key created here and the server.
-const KEY_SECRET: &str = "bench-secret";
 /// Rows per COPY transaction in phase (a).
+mod common;
+use common::*;
+
 const COPY_BATCH_ROWS: usize = 1_000;
 /// The user agent every HTTP request sends, and every COPY row stores (parsed the server's way).
 const USER_AGENT: &str =
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 /// Event types drawn uniformly.
-const EVENT_TYPES: [&str; 20] = [
-    "page_view",
-    "click",
-    "scroll",
-    "form_submit",
-    "signup",
-    "login",
-    "logout",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "purchase",
-    "search",
-    "video_play",
-    "video_pause",
-    "share",
-    "download",
-    "error",
-    "feature_used",
-    "notification_open",
-    "session_start",
-];
 /// Page paths drawn uniformly.
 const PATHS: [&str; 8] =
     ["/", "/pricing", "/docs", "/blog/launch", "/cart", "/checkout", "/account", "/search?q=shoes"];
@@ -109,14 +87,7 @@ const TARGET_SINGLE_P99: Duration = Duration::from_millis(50);
 const TARGET_RSS_KB: u64 = 300 * 1024;
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbenchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_bench(bench())
 }
 
 /// Creates the scratch database, runs every phase in a task (so a panic still reaches the cleanup)
@@ -191,34 +162,6 @@ impl Settings {
         }
         Ok(Settings { admin_url, copy_rows, seconds, warmup })
     }
-}
-
-/// A non-negative number from the environment, `default` when unset.
-fn env_number(name: &str, default: f64) -> Result<f64> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().replace('_', "").parse::<f64>() {
-            Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
-            _ => bail!("{name}={v:?} is not a non-negative number"),
-        },
-    }
-}
-
-/// `url` with its database name replaced by `name` (query parameters kept).
-fn with_database(url: &str, name: &str) -> Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map(|i| i + 3).ok_or_else(|| anyhow!("{url:?} is not a URL"))?;
-    let host_part = match base[authority_start..].find('/') {
-        Some(i) => &base[..authority_start + i],
-        None => base,
-    };
-    Ok(match query {
-        Some(q) => format!("{host_part}/{name}?{q}"),
-        None => format!("{host_part}/{name}"),
-    })
 }
 
 /// A database created for this run only.
@@ -494,24 +437,6 @@ async fn copy_batch(client: &mut tokio_postgres::Client, fx: &Fixture, rows: &[C
     writer.finish().await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// JSON text written as jsonb: the binary format is a version byte, then the text.
-#[derive(Debug)]
-struct JsonbText<'a>(&'a str);
-
-impl ToSql for JsonbText<'_> {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.extend_from_slice(&[1]);
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
-
-    to_sql_checked!();
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1220,20 +1145,6 @@ fn print_server_notes(server: &Server, shutdown: (ExitStatus, Duration)) {
             println!("  {line}");
         }
     }
-}
-
-/// `123,456` style.
-fn fmt_rate(x: f64) -> String {
-    let n = x.round() as u64;
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn fmt_ms(d: Duration) -> String {

@@ -37,8 +37,9 @@ use partition_jobs::{Month, OutcomeStatus, RunReport, RunStatus};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const KEY_SECRET: &str = "bench-secret";
+mod common;
+use common::*;
+
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 const NOOP_RUNS: usize = 9;
 const CREATE_RUNS: usize = 10;
@@ -49,20 +50,13 @@ const DEFAULT_ROWS: i64 = 100_000;
 const TARGET_RATIO: f64 = 0.9;
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbenchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_bench(bench())
 }
 
 async fn bench() -> Result<()> {
     let admin_url = std::env::var("STRATA_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
-    let seconds = Duration::from_secs_f64(env_number("STRATA_BENCH_SECONDS", 8.0)?);
-    let warmup = Duration::from_secs_f64(env_number("STRATA_BENCH_WARMUP_SECONDS", 1.0)?);
+    let seconds = Duration::from_secs_f64(env_positive("STRATA_BENCH_SECONDS", 8.0)?);
+    let warmup = Duration::from_secs_f64(env_positive("STRATA_BENCH_WARMUP_SECONDS", 1.0)?);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("=== Strata partition-maintenance benchmark ===");
     println!("machine: {cores} cores shared by this load generator, the strata server and PostgreSQL.");
@@ -135,7 +129,7 @@ async fn run(url: String, seconds: Duration, warmup: Duration) -> Result<Summary
     println!("(3) ingestion alone:             {}", alone.line());
     let _ = db.batch_execute("CHECKPOINT").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let period = Duration::from_secs_f64(env_number("STRATA_BENCH_MAINTENANCE_PERIOD", 1.0)?);
+    let period = Duration::from_secs_f64(env_positive("STRATA_BENCH_MAINTENANCE_PERIOD", 1.0)?);
     let churn = tokio::spawn(maintenance_loop(url.clone(), month, period, stop.clone()));
     let busy = load(&target, &key.api_key, seconds, warmup).await;
     stop.store(true, Ordering::Relaxed);
@@ -588,35 +582,4 @@ impl Summary {
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
-}
-
-/// `123,456` style.
-fn fmt_rate(x: f64) -> String {
-    let digits = (x.round() as u64).to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn env_number(name: &str, default: f64) -> Result<f64> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().parse::<f64>() {
-            Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-            _ => bail!("{name}={v:?} is not a positive number"),
-        },
-    }
-}
-
-/// `url` with its database name replaced by `name` (query parameters kept).
-fn with_database(url: &str, name: &str) -> Result<String> {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map(|i| i + 3).ok_or_else(|| anyhow!("{url:?} is not a URL"))?;
-    let host = base[authority..].find('/').map_or(base, |i| &base[..authority + i]);
-    Ok(query.map_or_else(|| format!("{host}/{name}"), |q| format!("{host}/{name}?{q}")))
 }

@@ -18,77 +18,26 @@
 //! - `STRATA_BENCH_SECONDS`: window of the 16-connection phases (default 5).
 //! - `STRATA_BENCH_REQUESTS`: sequential requests of the 1-connection phases (default 20).
 
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::pin;
-use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::BytesMut;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use partition_jobs::Month;
-use rand::Rng;
 use serde_json::Value;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
-
-use strata::ingest::store::{COPY_EVENTS, COPY_TYPES};
 
 mod common;
 use common::*;
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const ADMIN_TOKEN: &str = "bench-admin";
-const KEY_SECRET: &str = "bench-secret";
 const ISSUE_EVENTS: usize = 10_000_000;
 const DEFAULT_EVENTS: usize = 2_000_000;
-/// Share of the events per app, biggest first.
-const APP_SHARES: [f64; 10] = [0.30, 0.20, 0.15, 0.10, 0.08, 0.06, 0.04, 0.03, 0.02, 0.02];
-const EVENT_TYPES: [&str; 20] = [
-    "page_view",
-    "click",
-    "scroll",
-    "form_submit",
-    "signup",
-    "login",
-    "logout",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "purchase",
-    "search",
-    "video_play",
-    "video_pause",
-    "share",
-    "download",
-    "error",
-    "feature_used",
-    "notification_open",
-    "session_start",
-];
-const DEVICES: [&str; 3] = ["desktop", "mobile", "tablet"];
-const BROWSERS: [&str; 4] = ["Chrome", "Firefox", "Safari", "Edge"];
-const OSES: [&str; 4] = ["Windows", "macOS", "Linux", "iOS"];
-const USER_AGENT: &str = "Mozilla/5.0 (bench)";
-/// Rows per COPY statement (one transaction each).
-const COPY_CHUNK: usize = 50_000;
-/// Parallel COPY connections.
-const COPY_STREAMS: usize = 2;
 const RAW_RUNS: usize = 5;
 const CONNS_HIGH: usize = 16;
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbenchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_bench(bench())
 }
 
 struct Settings {
@@ -98,23 +47,13 @@ struct Settings {
     requests: usize,
 }
 
-fn env_number(name: &str, default: f64) -> Result<f64> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().replace(['_', ','], "").parse::<f64>() {
-            Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-            _ => bail!("{name}={v:?} is not a positive number"),
-        },
-    }
-}
-
 impl Settings {
     fn from_env() -> Result<Settings> {
         Ok(Settings {
             admin_url: std::env::var("STRATA_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into()),
-            events: env_number("STRATA_BENCH_EVENTS", DEFAULT_EVENTS as f64)? as usize,
-            seconds: Duration::from_secs_f64(env_number("STRATA_BENCH_SECONDS", 5.0)?),
-            requests: env_number("STRATA_BENCH_REQUESTS", 20.0)? as usize,
+            events: env_positive("STRATA_BENCH_EVENTS", DEFAULT_EVENTS as f64)? as usize,
+            seconds: Duration::from_secs_f64(env_positive("STRATA_BENCH_SECONDS", 5.0)?),
+            requests: env_positive("STRATA_BENCH_REQUESTS", 20.0)? as usize,
         })
     }
 }

@@ -16,32 +16,21 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::pin;
-use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use bytes::BytesMut;
-use chrono::{DateTime, Utc};
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
 use partition_jobs::Month;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use uuid::Uuid;
-
-use strata::ingest::store::{COPY_EVENTS, COPY_TYPES};
 
 mod common;
 use common::*;
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const ADMIN_TOKEN: &str = "bench-admin";
-const KEY_SECRET: &str = "bench-secret";
 /// Apps ingested into (one key each).
 const APPS: usize = 3;
 /// Concurrent ingest clients.
@@ -56,15 +45,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(10);
 /// Event times are spread over this many hours before now.
 const SPREAD_HOURS: i64 = 48;
-// Names the shared helpers (benches/common) expect; the soak loads nothing by COPY.
-const APP_SHARES: [f64; 1] = [1.0];
-const EVENT_TYPES: [&str; 6] = ["page_view", "click", "signup", "login", "purchase", "search"];
-const DEVICES: [&str; 1] = ["desktop"];
-const BROWSERS: [&str; 1] = ["Chrome"];
-const OSES: [&str; 1] = ["Linux"];
-const USER_AGENT: &str = "Mozilla/5.0 (soak)";
-const COPY_CHUNK: usize = 1;
-const COPY_STREAMS: usize = 2;
+/// Event types the soak sends.
+const SOAK_TYPES: [&str; 6] = ["page_view", "click", "signup", "login", "purchase", "search"];
 
 fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -176,7 +158,7 @@ async fn run(url: &str, duration: Duration) -> Result<bool> {
 
 fn event(rng: &mut impl Rng, id: Uuid) -> Value {
     let at = Utc::now() - chrono::Duration::seconds(rng.random_range(0..SPREAD_HOURS * 3600));
-    let ty = EVENT_TYPES[rng.random_range(0..EVENT_TYPES.len())];
+    let ty = SOAK_TYPES[rng.random_range(0..SOAK_TYPES.len())];
     json!({"eventId": id, "eventType": ty, "userId": format!("u{}", rng.random_range(0..500)),
            "sessionId": format!("s{}", rng.random_range(0..2000)), "timestamp": at})
 }

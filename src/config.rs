@@ -339,14 +339,7 @@ impl Config {
         }
         c.maintenance_interval = dur("STRATA_MAINTENANCE_INTERVAL", c.maintenance_interval)?;
         c.tier_compact_interval = dur("STRATA_TIER_COMPACT_INTERVAL", c.tier_compact_interval)?;
-        if let Some(v) = get("STRATA_MAX_BUCKETS") {
-            c.max_buckets = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| (1..=1_000_000).contains(n))
-                .ok_or_else(|| invalid("STRATA_MAX_BUCKETS", &v, "expected a whole number from 1 to 1000000"))?;
-        }
+        c.max_buckets = count("STRATA_MAX_BUCKETS", c.max_buckets)?;
         c.partition_lock_timeout = dur("STRATA_PARTITION_LOCK_TIMEOUT", c.partition_lock_timeout)?;
         c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
@@ -409,6 +402,9 @@ impl Config {
         }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("STRATA_MAINTENANCE_INTERVAL", "0", "must be positive"));
+        }
+        if !(1..=1_000_000).contains(&self.max_buckets) {
+            return Err(invalid("STRATA_MAX_BUCKETS", &self.max_buckets.to_string(), "must be from 1 to 1000000"));
         }
         if self.tier_compact_interval.is_zero() {
             return Err(invalid("STRATA_TIER_COMPACT_INTERVAL", "0", "must be positive"));

@@ -68,20 +68,24 @@ impl Agg {
         }
     }
 
+    /// Adds a stored row's `events, users, sessions, dims` columns, the first at index `at`.
+    pub fn absorb_columns(&mut self, row: &Row, at: usize) -> Result<(), CorruptSketch> {
+        let dims: serde_json::Value = row.get(at + 3);
+        self.absorb_encoded(row.get(at), row.get(at + 1), row.get(at + 2), &dims)
+    }
+
     /// Adds the encoded columns of a stored row.
-    pub fn absorb_encoded(
+    fn absorb_encoded(
         &mut self,
         events: i64,
         users: &[u8],
-        sessions: Option<&[u8]>,
-        dims: Option<&serde_json::Value>,
+        sessions: &[u8],
+        dims: &serde_json::Value,
     ) -> Result<(), CorruptSketch> {
         self.events += events;
         self.users.merge_encoded(users)?;
-        if let Some(s) = sessions {
-            self.sessions.merge_encoded(s)?;
-        }
-        if let Some(serde_json::Value::Object(map)) = dims {
+        self.sessions.merge_encoded(sessions)?;
+        if let serde_json::Value::Object(map) = dims {
             for (d, name) in DIMS.iter().enumerate() {
                 if let Some(serde_json::Value::Object(values)) = map.get(*name) {
                     for (value, n) in values {
@@ -260,7 +264,7 @@ async fn compact_in(tx: &Transaction<'_>, limit: i64) -> Result<u64, TierError> 
     let mut sums: HashMap<MergedKey, Agg> = HashMap::new();
     for row in &taken {
         let mut agg = Agg::default();
-        agg.absorb_encoded(row.get(3), row.get(4), Some(row.get(5)), Some(&row.get(6)))?;
+        agg.absorb_columns(row, 3)?;
         let (app, hour, ty): (Uuid, DateTime<Utc>, String) = (row.get(0), row.get(1), row.get(2));
         for tier in [HOUR, DAY, MONTH] {
             sums.entry((app, tier, tier_start(tier, hour), ty.clone())).or_default().absorb(&agg);
@@ -271,7 +275,7 @@ async fn compact_in(tx: &Transaction<'_>, limit: i64) -> Result<u64, TierError> 
     for row in tx.query(READ_MERGED, &[&a, &t, &s, &e]).await? {
         let key = (row.get(0), row.get(1), row.get(2), row.get(3));
         if let Some(agg) = sums.get_mut(&key) {
-            agg.absorb_encoded(row.get(4), row.get(5), Some(row.get(6)), Some(&row.get(7)))?;
+            agg.absorb_columns(&row, 4)?;
         }
     }
     write_merged(tx, sums).await?;
@@ -411,7 +415,7 @@ async fn regroup(
     let mut sums: HashMap<MergedKey, Agg> = HashMap::new();
     for row in &rows {
         let key = (row.get(0), to, tier_start(to, row.get(1)), row.get(2));
-        sums.entry(key).or_default().absorb_encoded(row.get(3), row.get(4), Some(row.get(5)), Some(&row.get(6)))?;
+        sums.entry(key).or_default().absorb_columns(row, 3)?;
     }
     tx.execute(DELETE_TIER, &[&to, &lo, &hi, &app]).await?;
     write_merged(tx, sums).await?;
@@ -446,7 +450,7 @@ mod tests {
         let json = a.dims_json();
         assert_eq!(json, serde_json::json!({"device": {"desktop": 3}, "os": {"": 2}}));
         let mut b = Agg::default();
-        b.absorb_encoded(5, &[], None, Some(&json)).unwrap();
+        b.absorb_encoded(5, &[], &[], &json).unwrap();
         assert_eq!(b.events, 5);
         assert_eq!(b.dims, a.dims);
     }

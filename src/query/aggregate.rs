@@ -130,24 +130,14 @@ pub async fn aggregate(
     let index: HashMap<(i16, DateTime<Utc>), usize> = pieces.iter().map(|p| ((p.tier, p.start), p.bucket)).collect();
     for row in &merged {
         let Some(&bucket) = index.get(&(row.get(0), row.get(1))) else { continue };
-        out.entry((bucket, row.get(2))).or_default().absorb_encoded(
-            row.get(3),
-            row.get(4),
-            Some(row.get(5)),
-            Some(&row.get(6)),
-        )?;
+        out.entry((bucket, row.get(2))).or_default().absorb_columns(row, 3)?;
     }
     for row in &deltas {
         let hour: DateTime<Utc> = row.get(0);
         // The piece holding the hour; deltas of hours read raw are skipped (raw rows count them).
         let at = pieces.partition_point(|p| p.end <= hour);
         let Some(piece) = pieces.get(at).filter(|p| p.start <= hour) else { continue };
-        out.entry((piece.bucket, row.get(1))).or_default().absorb_encoded(
-            row.get(2),
-            row.get(3),
-            Some(row.get(4)),
-            Some(&row.get(5)),
-        )?;
+        out.entry((piece.bucket, row.get(1))).or_default().absorb_columns(row, 2)?;
     }
     for row in raws.iter().flatten() {
         let agg = out.entry((bucket_index(row.get(0)), row.get(1))).or_default();
