@@ -243,6 +243,12 @@ impl Cache {
         self.inner.l2_lookups.load(Ordering::Relaxed)
     }
 
+    /// Requests currently boarded on a flight (waiting for an L2 lookup or a computation; for tests).
+    pub fn passengers(&self) -> usize {
+        let flights = self.inner.flights.lock().expect("flights lock");
+        flights.values().map(|f| Arc::strong_count(f).saturating_sub(1)).sum()
+    }
+
     /// True while this instance is subscribed to the invalidation bus.
     pub fn bus_connected(&self) -> bool {
         self.inner.bus_connected.load(Ordering::Acquire)

@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use strata::config::{CacheMode, Config};
 use uuid::Uuid;
 
-use crate::helpers::{reply, spawn_app_with, spawn_server_on, PrivateRedis, Reply, TestApp, ADMIN_TOKEN};
+use crate::helpers::{
+    connect, reply, spawn_app_with, spawn_server_on, PrivateRedis, Reply, TestApp, TestServer, ADMIN_TOKEN,
+};
 
 const TEST_REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -246,7 +248,7 @@ async fn identical_concurrent_misses_compute_once() {
     let q = closed_range(app.app_id);
     let url = server.url("/api/analytics/events/timeline");
 
-    let answers = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
+    let answers = all_aboard(&server, &app.db_name, &url, &q, 20).await;
 
     assert!(answers.iter().all(|r| total(r) == 2));
     assert_eq!(server.cache.computations(), 1);
@@ -316,6 +318,32 @@ async fn hits_are_written_around_the_stored_data_with_the_envelope_of_a_miss() {
     assert_eq!(overview_hit.body["data"]["stats"]["totalEvents"], json!(2));
 }
 
+/// Sends `n` identical queries at once and answers them all, with their computation held behind a
+/// lock on the tiers until every request has boarded its flight: none can arrive after the flight
+/// landed and start another (a loaded CI machine spreads concurrent requests out otherwise).
+async fn all_aboard(server: &TestServer, db: &str, url: &str, q: &[(&'static str, String)], n: usize) -> Vec<Reply> {
+    let mut blocker = connect(db).await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE rollup_tiers IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url, q) = (server.http.clone(), url.to_owned(), q.to_vec());
+            tokio::spawn(async move { get(&http, url, &q).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.cache.passengers() < n {
+        assert!(std::time::Instant::now() < deadline, "{} of {n} requests boarded", server.cache.passengers());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lock.rollback().await.unwrap();
+    let mut answers = Vec::with_capacity(n);
+    for r in requests {
+        answers.push(r.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test]
 async fn with_l1_off_identical_concurrent_requests_share_one_redis_lookup_and_one_computation() {
     let prefix = unique_prefix();
@@ -329,9 +357,7 @@ async fn with_l1_off_identical_concurrent_requests_share_one_redis_lookup_and_on
     let q = closed_range(app.app_id);
     let url = server.url("/api/analytics/events/timeline");
 
-    // Twenty open connections first, so the twenty requests arrive together.
-    futures_util::future::join_all((0..20).map(|_| server.http.get(server.url("/health")).send())).await;
-    let misses = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
+    let misses = all_aboard(&server, &app.db_name, &url, &q, 20).await;
     let after_misses = (server.cache.l2_lookups(), server.cache.computations());
     wait_for_answers_in_redis(&prefix).await; // the L2 fill is asynchronous
     let hits = futures_util::future::join_all((0..20).map(|_| get(&server.http, url.clone(), &q))).await;
@@ -365,8 +391,7 @@ async fn a_redis_that_never_answers_costs_one_computation_not_a_storm_of_them() 
     let q = closed_range(app.app_id);
     let url = server.url("/api/analytics/events/timeline");
 
-    futures_util::future::join_all((0..30).map(|_| server.http.get(server.url("/health")).send())).await;
-    let answers = futures_util::future::join_all((0..30).map(|_| get(&server.http, url.clone(), &q))).await;
+    let answers = all_aboard(&server, &app.db_name, &url, &q, 30).await;
 
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200; 30]);
