@@ -1,5 +1,5 @@
 //! Prometheus metrics: the recorder (one per process), the names alert rules and dashboards rely on,
-//! the HTTP middleware that counts and times every request by route template, and the gauges sampled
+//! the per-request counters the HTTP edge uses (by route template), and the gauges sampled
 //! at scrape time (queue depth, pool, process memory).
 //!
 //! Families (all present from start-up):
@@ -12,13 +12,12 @@
 //! `strata_maintenance_runs_total{result}`, `strata_maintenance_last_success_timestamp_seconds`,
 //! `strata_process_resident_memory_bytes`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
-use metrics::{counter, gauge, histogram};
+use axum::http::{Method, StatusCode};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets (seconds): sub-millisecond cache hits up to multi-second outliers.
@@ -72,25 +71,81 @@ fn register_families() {
     gauge!("strata_maintenance_last_success_timestamp_seconds").set(0.0);
 }
 
-/// Counts and times each request under its route template (never the raw path).
-pub async fn track_requests(slow: Duration, req: Request, next: Next) -> Response {
-    let route =
-        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
-    let started = Instant::now();
-    gauge!("strata_http_requests_in_flight").increment(1.0);
-    let resp = next.run(req).await;
-    gauge!("strata_http_requests_in_flight").decrement(1.0);
-    let elapsed = started.elapsed();
-    let status = resp.status().as_u16().to_string();
-    counter!("strata_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone())
-        .increment(1);
-    histogram!("strata_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
-        .record(elapsed.as_secs_f64());
-    if elapsed >= slow {
-        tracing::warn!(%route, %method, %status, elapsed_ms = elapsed.as_millis() as u64, "slow request");
+/// Handles of the request metrics, so counting a request costs one map lookup instead of building
+/// label sets (and their strings) for the recorder's registry four times.
+struct RequestHandles {
+    in_flight: Gauge,
+    /// By route template, then by method and status.
+    by_route: Mutex<HashMap<String, Vec<RouteHandles>>>,
+}
+
+struct RouteHandles {
+    method: Method,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+fn request_handles() -> &'static RequestHandles {
+    static HANDLES: OnceLock<RequestHandles> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        // Handles taken before the recorder exists would count nowhere.
+        let _ = handle();
+        RequestHandles { in_flight: gauge!("strata_http_requests_in_flight"), by_route: Mutex::new(HashMap::new()) }
+    })
+}
+
+/// One request being served: in flight until dropped (also when its client went away), then counted
+/// and timed under its route template (never the raw path) by [`RequestTimer::finish`].
+pub struct RequestTimer {
+    started: Instant,
+}
+
+impl RequestTimer {
+    /// Counts a request in flight from now.
+    pub fn start() -> RequestTimer {
+        request_handles().in_flight.increment(1.0);
+        RequestTimer { started: Instant::now() }
     }
-    resp
+
+    /// Counts the answered request (`route` is `None` when no route matched) and logs it when slow.
+    pub fn finish(self, route: Option<&str>, method: &Method, status: StatusCode, slow: Duration) {
+        let elapsed = self.started.elapsed();
+        let route = route.unwrap_or("unmatched");
+        let status = status.as_u16();
+        {
+            let mut by_route = request_handles().by_route.lock().unwrap_or_else(|e| e.into_inner());
+            let handles = match by_route.get_mut(route) {
+                Some(handles) => handles,
+                None => by_route.entry(route.to_owned()).or_default(),
+            };
+            let i = match handles.iter().position(|h| h.status == status && h.method == method) {
+                Some(i) => i,
+                None => {
+                    let (r, m) = (route.to_owned(), method.as_str().to_owned());
+                    handles.push(RouteHandles {
+                        method: method.clone(),
+                        status,
+                        requests: counter!("strata_http_requests_total", "route" => r.clone(), "method" => m.clone(),
+                            "status" => status.to_string()),
+                        duration: histogram!("strata_http_request_duration_seconds", "route" => r, "method" => m),
+                    });
+                    handles.len() - 1
+                }
+            };
+            handles[i].requests.increment(1);
+            handles[i].duration.record(elapsed.as_secs_f64());
+        }
+        if elapsed >= slow {
+            tracing::warn!(%route, %method, status, elapsed_ms = elapsed.as_millis() as u64, "slow request");
+        }
+    }
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        request_handles().in_flight.decrement(1.0);
+    }
 }
 
 /// Ingest outcomes of one request.

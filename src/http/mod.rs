@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::Router;
 use deadpool_postgres::Pool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::keys::KeyAuth;
@@ -100,19 +100,29 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .fallback(error::fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(guard::reject_nul))
-        .layer(axum::middleware::from_fn(move |req, next| crate::metrics::track_requests(slow, req, next)))
-        // Outside the routes, so preflights and error answers carry CORS headers too.
+        .layer(axum::middleware::from_fn(move |req, next| edge(slow, deadline, req, next)))
+        // Outside the routes and the deadline, so preflights and error answers carry CORS headers too.
         .layer(cors(&state.cfg.cors_origins))
-        .layer(axum::middleware::from_fn(move |req, next| request_deadline(deadline, req, next)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RandomRequestId))
         .with_state(state)
 }
 
 /// Header carrying the request id (taken from the client when sent, generated otherwise).
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Random (v4) request ids from the thread's RNG: `MakeRequestUuid` asks the kernel for every one.
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut text)).ok().map(RequestId::new)
+    }
+}
 
 /// Every log line of a request carries its id, method and path.
 fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
@@ -120,20 +130,31 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
 }
 
-/// Requests (slow bodies included) that take longer than `STRATA_REQUEST_TIMEOUT` get a JSON 408.
-async fn request_deadline(
-    limit: std::time::Duration,
+/// The edge of every routed request, as one middleware (each `from_fn` layer clones everything it
+/// wraps on every request): counted and timed by route template, refused when a parameter holds a
+/// NUL, and answered with a JSON 408 past `STRATA_REQUEST_TIMEOUT` (slow bodies included).
+async fn edge(
+    slow: std::time::Duration,
+    deadline: std::time::Duration,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let message = format!("the request took longer than STRATA_REQUEST_TIMEOUT ({limit:?})");
-            error::ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).into_response()
-        }
-    }
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let method = req.method().clone();
+    let request = crate::metrics::RequestTimer::start();
+    let response = match guard::nul_parameter(&req) {
+        Some(parameter) => guard::refusal(parameter),
+        None => match tokio::time::timeout(deadline, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => {
+                let message = format!("the request took longer than STRATA_REQUEST_TIMEOUT ({deadline:?})");
+                error::ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).into_response()
+            }
+        },
+    };
+    request.finish(route.as_ref().map(|r| r.as_str()), &method, response.status(), slow);
+    response
 }
 
 async fn method_not_allowed() -> error::ApiError {
