@@ -12,8 +12,9 @@
 //! 3. `STRATA_CACHE=off`: misses at 1, 10 and 100 connections;
 //!
 //! and, as the floor, the Redis GET round trip of a value of the timeline's size (redis crate, one
-//! connection). Each connection is a task sending its next request as soon as the previous one
-//! answered; requests started after the warm-up and within the window count. Every response's
+//! connection). Each connection is a task (a raw hyper HTTP/1.1 connection of its own, the leanest
+//! generator we have: it shares the cores with the server) sending its next request as soon as the
+//! previous one answered; requests started after the warm-up and within the window count. Every response's
 //! `meta.cache` is tallied, so a phase that was not served by the tier it claims shows it. Responses
 //! are not compressed (the client sends no `Accept-Encoding`).
 //!
@@ -102,20 +103,6 @@ struct Phase {
     tiers: Tiers,
 }
 
-fn http_client(conns: usize) -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().pool_max_idle_per_host(conns).no_gzip().timeout(Duration::from_secs(60)).build()?)
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Result<bytes::Bytes> {
-    let resp = client.get(url).bearer_auth(ADMIN_TOKEN).send().await?;
-    let status = resp.status();
-    let body = resp.bytes().await?;
-    if !status.is_success() {
-        bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)]));
-    }
-    Ok(body)
-}
-
 fn pick(lat: &[Duration], q: f64) -> Duration {
     if lat.is_empty() {
         return Duration::ZERO;
@@ -123,14 +110,51 @@ fn pick(lat: &[Duration], q: f64) -> Duration {
     lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1]
 }
 
+/// One keep-alive HTTP/1.1 connection of the load generator: raw hyper, one connection per task, so
+/// the generator spends as little of the shared cores as it can (no pool, no URL parsing per request).
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    authority: String,
+    path: String,
+}
+
+impl Conn {
+    async fn open(url: &str) -> Result<Conn> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("not an http:// URL: {url}"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let stream =
+            tokio::net::TcpStream::connect(authority).await.with_context(|| format!("connecting to {authority}"))?;
+        stream.set_nodelay(true)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn { send, authority: authority.to_string(), path: path.to_string() })
+    }
+
+    async fn get(&mut self) -> Result<bytes::Bytes> {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::get(&self.path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+            .body(http_body_util::Empty::new())?;
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("GET {}: {status}: {}", self.path, String::from_utf8_lossy(&body[..body.len().min(300)]));
+        }
+        Ok(body)
+    }
+}
+
 /// `conns` connections in a closed loop for warm-up + window; requests started inside the window count.
 async fn phase(label: &str, url: &str, conns: usize, s: &Settings) -> Result<Phase> {
-    let client = http_client(conns)?;
     let started = Instant::now();
     let (measure_from, end) = (started + s.warmup, started + s.warmup + s.seconds);
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (client, url) = (client.clone(), url.to_string());
+        let url = url.to_string();
+        let mut conn = Conn::open(&url).await?;
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors, mut tiers) = (Vec::new(), 0usize, Tiers::default());
             let mut first_error: Option<String> = None;
@@ -139,7 +163,14 @@ async fn phase(label: &str, url: &str, conns: usize, s: &Settings) -> Result<Pha
                 if t >= end {
                     break;
                 }
-                let result = get(&client, &url).await;
+                let mut result = conn.get().await;
+                if result.is_err() {
+                    // A broken connection is replaced (and the error counted).
+                    if let Ok(fresh) = Conn::open(&url).await {
+                        conn = fresh;
+                    }
+                    result = result.map_err(|e| e.context("request failed"));
+                }
                 if t < measure_from {
                     continue;
                 }
@@ -208,10 +239,10 @@ async fn phase(label: &str, url: &str, conns: usize, s: &Settings) -> Result<Pha
 
 /// Sends a few requests and checks the last one was answered by `expected`.
 async fn warm_and_check(url: &str, expected: &str) -> Result<(usize, bool)> {
-    let client = http_client(1)?;
+    let mut conn = Conn::open(url).await?;
     let mut body = bytes::Bytes::new();
     for _ in 0..3 {
-        body = get(&client, url).await?;
+        body = conn.get().await?;
     }
     let v: Value = serde_json::from_slice(&body)?;
     let tier = v["meta"]["cache"].as_str().unwrap_or("(none)").to_string();

@@ -70,7 +70,7 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
 }
 
 /// Applies pending migrations, then makes sure the current month and `premake_months` ahead exist.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn migrate(url: &str, premake_months: u32, lock_timeout: Duration) -> Result<(), DbError> {
     let mut client = connect(url).await?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;

@@ -63,7 +63,7 @@ pub async fn publish_policy(pool: &Pool, cfg: &Config) -> Result<Policy, JobErro
 }
 
 /// One maintenance run plus the rollup rebuild of any rows it moved.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 ///
 /// With `cache`, the apps whose rollups were rebuilt are invalidated on every instance.
 pub async fn run_maintenance(

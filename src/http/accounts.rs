@@ -118,7 +118,7 @@ async fn throttled(
     }
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn register(s: AppState, body: Body<RegisterIn>) -> Answer {
     let Json(b) = body.map_err(bad_body)?;
     let chars = b.password.chars().count();
@@ -134,7 +134,7 @@ async fn register(s: AppState, body: Body<RegisterIn>) -> Answer {
     Ok(created(json!({"user": owner, "token": token})))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn login(s: AppState, body: Body<LoginIn>) -> Answer {
     let Json(b) = body.map_err(bad_body)?;
     // PostgreSQL text cannot hold U+0000: such an email could only fail in the lookup.
@@ -155,13 +155,13 @@ async fn login(s: AppState, body: Body<LoginIn>) -> Answer {
     Ok(ok_json(json!({"user": owner, "token": token})))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn me(State(s): State<AppState>, headers: HeaderMap) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     Ok(ok_json(json!({"user": owner})))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Answer {
     let (owner, claims) = session(&s, &headers).await?;
     store::revoke_token(&**db(&s).await?, owner.id, claims.jti, claims.expires_at()).await.map_err(account_error)?;
@@ -169,7 +169,7 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Answer {
     Ok((StatusCode::OK, Json(json!({"success": true, "message": "logged out; this token no longer works"}))))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn create_app(State(s): State<AppState>, headers: HeaderMap, body: Body<AppIn>) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let Json(b) = body.map_err(bad_body)?;
@@ -177,7 +177,7 @@ async fn create_app(State(s): State<AppState>, headers: HeaderMap, body: Body<Ap
     Ok(created(json!(app)))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_apps(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -190,7 +190,7 @@ async fn list_apps(
     Ok(ok_json_page(apps, page))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn get_app(State(s): State<AppState>, headers: HeaderMap, path: IdPath) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let id = path_id(path, app_not_found)?;
@@ -198,7 +198,7 @@ async fn get_app(State(s): State<AppState>, headers: HeaderMap, path: IdPath) ->
     Ok(ok_json(json!(app)))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn rename_app(State(s): State<AppState>, headers: HeaderMap, path: IdPath, body: Body<AppIn>) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let id = path_id(path, app_not_found)?;
@@ -207,7 +207,7 @@ async fn rename_app(State(s): State<AppState>, headers: HeaderMap, path: IdPath,
     Ok(ok_json(json!(app)))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn delete_app(State(s): State<AppState>, headers: HeaderMap, path: IdPath) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let id = path_id(path, app_not_found)?;
@@ -218,7 +218,7 @@ async fn delete_app(State(s): State<AppState>, headers: HeaderMap, path: IdPath)
     Ok(ok_message(json!({"id": id, "revokedKeys": hashes.len()}), message))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn create_key(State(s): State<AppState>, headers: HeaderMap, body: Body<KeyIn>) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let Json(b) = body.map_err(bad_body)?;
@@ -234,7 +234,7 @@ async fn create_key(State(s): State<AppState>, headers: HeaderMap, body: Body<Ke
     Ok(created_key(key, "API key created; store it now, it is not shown again"))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_keys(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -255,7 +255,7 @@ async fn list_keys(
     Ok(ok_json_page(keys, page))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn get_key(State(s): State<AppState>, headers: HeaderMap, path: IdPath) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let id = path_id(path, key_not_found)?;
@@ -263,7 +263,7 @@ async fn get_key(State(s): State<AppState>, headers: HeaderMap, path: IdPath) ->
     Ok(ok_json(json!(key)))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn revoke_key(State(s): State<AppState>, headers: HeaderMap, path: IdPath) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let id = path_id(path, key_not_found)?;
@@ -272,7 +272,7 @@ async fn revoke_key(State(s): State<AppState>, headers: HeaderMap, path: IdPath)
     Ok(ok_message(json!({"id": id, "status": "revoked"}), "API key revoked"))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn regenerate_key(State(s): State<AppState>, headers: HeaderMap, path: IdPath) -> Answer {
     let (owner, _) = session(&s, &headers).await?;
     let id = path_id(path, key_not_found)?;

@@ -61,14 +61,14 @@ fn job_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn partitions(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let client = admin_client(&s, &headers).await?;
     let catalog = partition_jobs::read_catalog(&client).await.map_err(job_error)?;
     Ok(ok(catalog))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn partition_health(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let client = admin_client(&s, &headers).await?;
     let policy = partition_jobs::load_policy(&client).await.map_err(job_error)?;
@@ -120,7 +120,7 @@ fn bad_limit(e: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_parameter", e.body_text()).with_details(json!({"parameter": "limit"}))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn runs(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -136,7 +136,7 @@ async fn runs(
     Ok(ok(partition_jobs::list_runs(&client, limit).await.map_err(job_error)?))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers).await?;
     // Spawned, not awaited in place: a client hanging up must not cancel a run half-way on a pooled
@@ -157,7 +157,7 @@ const INDEXES: &str = "SELECT s.relname::text, s.indexrelname::text, s.idx_scan,
        pg_relation_size(s.indexrelid) \
      FROM pg_stat_user_indexes s ORDER BY s.relname, s.indexrelname";
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn indexes(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let client = admin_client(&s, &headers).await?;
     let rows = client.query(INDEXES, &[]).await.map_err(job_error)?;
@@ -176,7 +176,7 @@ const SLOW: &str = "SELECT query, calls, total_exec_time, mean_exec_time, rows F
      WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      ORDER BY mean_exec_time DESC LIMIT $1";
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn slow_queries(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -13,12 +13,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::body::Chunks;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::bearer::{bearer_token, token_matches};
@@ -56,7 +58,7 @@ const TIMELINE_PARAMS: &[(&str, &str)] = &[
 const FILTER_PARAMS: &[(&str, &str)] =
     &[("tz", "timezone"), ("eventType", "event_type"), ("startDate", "start_date"), ("endDate", "end_date")];
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn timeline(State(s): State<AppState>, headers: HeaderMap, query: QueryPairs) -> Answer {
     let caller = authenticate(&s, &headers)?;
     let p = params(query)?;
@@ -72,7 +74,7 @@ async fn timeline(State(s): State<AppState>, headers: HeaderMap, query: QueryPai
         interval: Some(req.granularity.as_str()),
         ..Meta::default()
     };
-    answer(&hit.value.data, hit.value.source, hit.tier, meta, true)
+    answer(hit.value.data.clone(), hit.value.source, hit.tier, meta, true)
 }
 
 async fn timeline_hit(s: &AppState, app: Uuid, req: &TimelineRequest, prefetch: bool) -> Looked {
@@ -89,7 +91,7 @@ async fn timeline_hit(s: &AppState, app: Uuid, req: &TimelineRequest, prefetch: 
     }
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn summary(State(s): State<AppState>, headers: HeaderMap, query: QueryPairs) -> Answer {
     let caller = authenticate(&s, &headers)?;
     let p = params(query)?;
@@ -99,7 +101,7 @@ async fn summary(State(s): State<AppState>, headers: HeaderMap, query: QueryPair
     s.cache.record(app.id, || recipe("summary", None, &p, FILTER_PARAMS, filter.tz));
     let hit = summary_hit(&s, app.id, &filter, false).await?;
     let meta = Meta { range: Some(range_json(filter.range, filter.tz)), tz: Some(filter.tz.name()), ..Meta::default() };
-    answer(&hit.value.data, hit.value.source, hit.tier, meta, false)
+    answer(hit.value.data.clone(), hit.value.source, hit.tier, meta, false)
 }
 
 async fn summary_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -> Looked {
@@ -115,7 +117,7 @@ async fn summary_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -
     }
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn user(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -131,11 +133,11 @@ async fn user(
         // Not remembered for warming: the records (kept in Redis) would hold user ids.
         let app = authorize_app(&s, &caller, app_id).await?.id;
         let hit = user_hit(&s, app, user_id).await?;
-        return answer(&hit.value.data, hit.value.source, hit.tier, Meta::default(), false);
+        return answer(hit.value.data.clone(), hit.value.source, hit.tier, Meta::default(), false);
     }
     let apps = readable_apps(&s, &caller).await?;
     let u = users::user_activity(&reader(&s), &apps, user_id).await?;
-    answer(&to_bytes(&user_data(&u, user_id)), u.source, Tier::Miss, Meta::default(), false)
+    answer(to_bytes(&user_data(&u, user_id)), u.source, Tier::Miss, Meta::default(), false)
 }
 
 async fn user_hit(s: &AppState, app: Uuid, user_id: &str) -> Looked {
@@ -170,7 +172,7 @@ fn user_data(u: &users::UserActivity, user_id: &str) -> Value {
     })
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn overview(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -187,7 +189,7 @@ async fn overview(
     // The app itself is not cached: it comes from the authorisation lookup.
     let data = with_app(&hit.value.data, &app)?;
     let meta = Meta { range: Some(range_json(filter.range, filter.tz)), tz: Some(filter.tz.name()), ..Meta::default() };
-    answer(&data, hit.value.source, hit.tier, meta, true)
+    answer(data, hit.value.source, hit.tier, meta, true)
 }
 
 async fn overview_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -> Looked {
@@ -246,10 +248,7 @@ fn recipe(
 }
 
 fn as_date(v: &str) -> Option<NaiveDate> {
-    if v.len() != 10 {
-        return None;
-    }
-    NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()
+    crate::query::params::parse_date(v)
 }
 
 /// The recipe's parameters as a request at `now` would send them.
@@ -425,20 +424,20 @@ struct Meta<'a> {
 
 /// `{"success": true, "data": <data>, "meta": {...}}` (and, `with_cached`, the original's top-level
 /// `cached` flag, kept for existing dashboards), written around the serialised `data` as is.
-fn answer(data: &[u8], source: Source, tier: Tier, mut meta: Meta, with_cached: bool) -> Answer {
+fn answer(data: impl Into<Bytes>, source: Source, tier: Tier, mut meta: Meta, with_cached: bool) -> Answer {
     meta.source = source.as_str();
     meta.cache = tier.as_str();
     meta.generated_at = instant(Utc::now());
-    let mut body = Vec::with_capacity(data.len() + 320);
-    body.extend_from_slice(br#"{"success":true,"data":"#);
-    body.extend_from_slice(data);
-    body.extend_from_slice(br#","meta":"#);
-    serde_json::to_writer(&mut body, &meta).map_err(ApiError::internal)?;
+    let mut tail = Vec::with_capacity(320);
+    tail.extend_from_slice(br#","meta":"#);
+    serde_json::to_writer(&mut tail, &meta).map_err(ApiError::internal)?;
     if with_cached {
-        body.extend_from_slice(if tier == Tier::Miss { &br#","cached":false"#[..] } else { &br#","cached":true"#[..] });
+        tail.extend_from_slice(if tier == Tier::Miss { &br#","cached":false"#[..] } else { &br#","cached":true"#[..] });
     }
-    body.push(b'}');
-    let mut resp = Response::new(axum::body::Body::from(body));
+    tail.push(b'}');
+    // The data goes out as stored: no copy of a cached answer.
+    let body = Chunks::new([Bytes::from_static(br#"{"success":true,"data":"#), data.into(), Bytes::from(tail)]);
+    let mut resp = Response::new(axum::body::Body::new(body));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(resp)
 }

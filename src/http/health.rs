@@ -25,7 +25,7 @@ const PARTITIONS_AHEAD: &str = "SELECT count(*) FROM pg_inherits i \
      JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
      WHERE p.relname = 'events' AND p.relnamespace = 'public'::regnamespace AND c.relname = ANY($1)";
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let checks = match readiness(&s).await {
         Ok(c) => c,

@@ -27,7 +27,7 @@ pub fn router() -> Router<AppState> {
 
 type Created = (StatusCode, HeaderMap, Json<Value>);
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn track(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -51,7 +51,7 @@ async fn track(
     Ok((StatusCode::CREATED, rate_headers(quota), Json(body)))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn track_batch(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

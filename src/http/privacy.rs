@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::AppState;
 
 /// Erases the user's events of `appId` and answers how many were deleted.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn erase_user(
     State(s): State<AppState>,
     headers: HeaderMap,

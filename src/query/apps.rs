@@ -32,7 +32,7 @@ pub async fn find_app(pool: &Pool, id: Uuid) -> Result<Option<AppInfo>, QueryErr
 const LIVE_APP_IDS: &str = "SELECT id FROM apps WHERE deleted_at IS NULL ORDER BY id";
 
 /// Ids of every live app.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn live_app_ids(pool: &Pool) -> Result<Vec<Uuid>, QueryError> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(LIVE_APP_IDS).await?;

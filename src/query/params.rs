@@ -139,11 +139,23 @@ pub fn parse_tz(v: Option<&str>) -> Result<Tz, ParamError> {
     }
 }
 
+/// `YYYY-MM-DD`, digits exactly so (without the cost of a format string parsed on every call).
+pub fn parse_date(v: &str) -> Option<NaiveDate> {
+    let b = v.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(digits(0..4)? as i32, digits(5..7)?, digits(8..10)?)
+}
+
 /// A date (read in `tz`; an end date includes its whole day) or an RFC 3339 instant.
 fn parse_bound(name: &'static str, v: &str, tz: Tz, is_end: bool) -> Result<DateTime<Utc>, ParamError> {
     let invalid = || ParamError::new(name, format!("{name} must be a date (YYYY-MM-DD) or an RFC 3339 instant"));
     let t = if v.len() == 10 {
-        let day = NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| invalid())?;
+        let day = parse_date(v).ok_or_else(invalid)?;
         let day = if is_end { day.succ_opt().ok_or_else(invalid)? } else { day };
         local_start(tz, day.and_hms_opt(0, 0, 0).expect("midnight"))
     } else {
@@ -202,6 +214,18 @@ pub fn parse_user_id(v: &str) -> Result<&str, ParamError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dates_are_exactly_yyyy_mm_dd_and_real() {
+        let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day);
+        assert_eq!(parse_date("2024-02-29"), d(2024, 2, 29));
+        assert_eq!(parse_date("0001-01-01"), d(1, 1, 1));
+        for bad in
+            ["2023-02-29", "2024-13-01", "2024-00-10", "2024-1-011", "2024/01/01", "2024-01-1x", "+024-01-01", ""]
+        {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]
