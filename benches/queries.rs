@@ -17,6 +17,9 @@
 //!   shared 2-core machine: set `STRATA_BENCH_EVENTS=10000000` for the issue's size).
 //! - `STRATA_BENCH_SECONDS`: window of the 16-connection phases (default 5).
 //! - `STRATA_BENCH_REQUESTS`: sequential requests of the 1-connection phases (default 20).
+//! - `STRATA_BENCH_TZ`: the dashboards' time zone (IANA name, default UTC): days, months and the ranges
+//!   are that zone's, and so are the raw scans. `Asia/Kolkata` (+5:30) measures the zones whose
+//!   buckets do not start on UTC hours (their half-hour edges are read raw).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -45,6 +48,7 @@ struct Settings {
     events: usize,
     seconds: Duration,
     requests: usize,
+    tz: chrono_tz::Tz,
 }
 
 impl Settings {
@@ -54,6 +58,12 @@ impl Settings {
             events: env_positive("STRATA_BENCH_EVENTS", DEFAULT_EVENTS as f64)? as usize,
             seconds: Duration::from_secs_f64(env_positive("STRATA_BENCH_SECONDS", 5.0)?),
             requests: env_positive("STRATA_BENCH_REQUESTS", 20.0)? as usize,
+            tz: match std::env::var("STRATA_BENCH_TZ") {
+                Ok(name) if !name.trim().is_empty() => {
+                    name.trim().parse().map_err(|_| anyhow!("STRATA_BENCH_TZ={name:?} is not an IANA time zone"))?
+                }
+                _ => chrono_tz::Tz::UTC,
+            },
         })
     }
 }
@@ -197,12 +207,11 @@ async fn raw_median(db: &tokio_postgres::Client, sqls: &[&str], params: &[&(dyn 
 // The questions
 // ---------------------------------------------------------------------------------------------------
 
-const RAW_DAILY: &str = "SELECT date_trunc('day', created_at AT TIME ZONE 'UTC'), count(*), count(DISTINCT user_id) \
+const RAW_DAILY: &str = "SELECT date_trunc('day', created_at AT TIME ZONE $4), count(*), count(DISTINCT user_id) \
      FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1";
-const RAW_HOURLY: &str = "SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC'), count(*), count(DISTINCT user_id) \
+const RAW_HOURLY: &str = "SELECT date_trunc('hour', created_at AT TIME ZONE $4), count(*), count(DISTINCT user_id) \
      FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1";
-const RAW_MONTHLY: &str =
-    "SELECT date_trunc('month', created_at AT TIME ZONE 'UTC'), count(*), count(DISTINCT user_id) \
+const RAW_MONTHLY: &str = "SELECT date_trunc('month', created_at AT TIME ZONE $4), count(*), count(DISTINCT user_id) \
      FROM events WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1";
 const RAW_SUMMARY: [&str; 4] = [
     "SELECT event_type, count(*), count(DISTINCT user_id), count(DISTINCT session_id) FROM events \
@@ -225,6 +234,8 @@ struct Question {
     name: &'static str,
     path: String,
     raw: Vec<&'static str>,
+    /// The raw statements take the zone as `$4`.
+    zoned: bool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     /// p95 target at 1 connection.
@@ -238,26 +249,36 @@ struct Row {
     raw: Duration,
 }
 
-fn day_start(d: NaiveDate) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"))
+/// The first instant of day `d` in `tz`.
+fn day_start(d: NaiveDate, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let midnight = d.and_hms_opt(0, 0, 0).expect("midnight");
+    // A zone whose clocks skip midnight starts that day at the first instant after the gap.
+    let local = (0..4).find_map(|h| tz.from_local_datetime(&(midnight + chrono::Duration::hours(h))).earliest());
+    local.expect("a day has a start").with_timezone(&Utc)
 }
 
-fn questions(app: Uuid, now: DateTime<Utc>) -> Vec<Question> {
-    let today = now.date_naive();
+fn questions(app: Uuid, now: DateTime<Utc>, tz: chrono_tz::Tz) -> Vec<Question> {
+    let today = now.with_timezone(&tz).date_naive();
+    let day_start = |d: NaiveDate| day_start(d, tz);
     let tomorrow = day_start(today + chrono::Duration::days(1));
     let days_back = |n: i64| today - chrono::Duration::days(n);
     let month_start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).expect("first of month");
-    let twelve = Month::containing(day_start(month_start)).add_months(-11).first_day();
+    let twelve = Month::containing(Utc.from_utc_datetime(&month_start.and_hms_opt(0, 0, 0).expect("midnight")))
+        .add_months(-11)
+        .first_day();
     let ms15 = Duration::from_millis(15);
     let ms50 = Duration::from_millis(50);
     let timeline = |start: NaiveDate, interval: &str| {
-        format!("/api/analytics/events/timeline?appId={app}&startDate={start}&endDate={today}&interval={interval}")
+        format!(
+            "/api/analytics/events/timeline?appId={app}&startDate={start}&endDate={today}&interval={interval}&tz={tz}"
+        )
     };
     vec![
         Question {
             name: "timeline 90 days, daily",
             path: timeline(days_back(89), "day"),
             raw: vec![RAW_DAILY],
+            zoned: true,
             from: day_start(days_back(89)),
             to: tomorrow,
             target_p95: ms15,
@@ -266,6 +287,7 @@ fn questions(app: Uuid, now: DateTime<Utc>) -> Vec<Question> {
             name: "timeline 7 days, hourly",
             path: timeline(days_back(6), "hour"),
             raw: vec![RAW_HOURLY],
+            zoned: true,
             from: day_start(days_back(6)),
             to: tomorrow,
             target_p95: ms15,
@@ -274,22 +296,28 @@ fn questions(app: Uuid, now: DateTime<Utc>) -> Vec<Question> {
             name: "timeline 12 months, monthly",
             path: timeline(twelve, "month"),
             raw: vec![RAW_MONTHLY],
+            zoned: true,
             from: day_start(twelve),
             to: tomorrow,
             target_p95: ms15,
         },
         Question {
             name: "summary 30 days",
-            path: format!("/api/analytics/events/summary?appId={app}&startDate={}&endDate={today}", days_back(29)),
+            path: format!(
+                "/api/analytics/events/summary?appId={app}&startDate={}&endDate={today}&tz={tz}",
+                days_back(29)
+            ),
             raw: RAW_SUMMARY.to_vec(),
+            zoned: false,
             from: day_start(days_back(29)),
             to: tomorrow,
             target_p95: ms50,
         },
         Question {
             name: "app overview 30 days",
-            path: format!("/api/analytics/apps/{app}/overview?startDate={}&endDate={today}", days_back(29)),
+            path: format!("/api/analytics/apps/{app}/overview?startDate={}&endDate={today}&tz={tz}", days_back(29)),
             raw: RAW_OVERVIEW.to_vec(),
+            zoned: false,
             from: day_start(days_back(29)),
             to: tomorrow,
             target_p95: ms50,
@@ -299,13 +327,19 @@ fn questions(app: Uuid, now: DateTime<Utc>) -> Vec<Question> {
 
 /// Compares the 90-day timeline's totals with the raw scan (events exactly, distinct users within
 /// the sketches' documented error); prints MISMATCH loudly.
-async fn check_timeline(db: &tokio_postgres::Client, base: &str, q: &Question, app: Uuid) -> Result<bool> {
+async fn check_timeline(
+    db: &tokio_postgres::Client,
+    base: &str,
+    q: &Question,
+    app: Uuid,
+    tz: chrono_tz::Tz,
+) -> Result<bool> {
     let body = get(&http_client(1)?, &format!("{base}{}", q.path)).await?;
     let v: Value = serde_json::from_slice(&body)?;
     let buckets = v["data"].as_array().ok_or_else(|| anyhow!("timeline without a data array"))?;
     let http_events: i64 = buckets.iter().map(|b| b["eventCount"].as_i64().unwrap_or(0)).sum();
     let http_users: i64 = buckets.iter().map(|b| b["uniqueUsers"].as_i64().unwrap_or(0)).sum();
-    let rows = db.query(RAW_DAILY, &[&app, &q.from, &q.to]).await?;
+    let rows = db.query(RAW_DAILY, &[&app, &q.from, &q.to, &tz.name()]).await?;
     let raw_events: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
     let raw_users: i64 = rows.iter().map(|r| r.get::<_, i64>(2)).sum();
     println!(
@@ -342,8 +376,10 @@ async fn run(settings: Settings, url: String) -> Result<bool> {
     let mut server = Server::start(&url, &[("STRATA_CACHE", "off")]).await?;
     println!("server pid {} on {} (STRATA_CACHE=off)\n", server.pid, server.addr);
     let base = format!("http://{}", server.addr);
-    let qs = questions(app, now);
-    let consistent = check_timeline(&db, &base, &qs[0], app).await?;
+    let tz = settings.tz;
+    println!("time zone of the questions and raw scans: {}", tz.name());
+    let qs = questions(app, now, tz);
+    let consistent = check_timeline(&db, &base, &qs[0], app, tz).await?;
     println!();
 
     let mut rows = Vec::new();
@@ -351,7 +387,10 @@ async fn run(settings: Settings, url: String) -> Result<bool> {
         let url = format!("{base}{}", q.path);
         let one = one_connection(&url, settings.requests).await.with_context(|| q.name)?;
         let high = many_connections(&url, CONNS_HIGH, settings.seconds).await?;
-        let raw = raw_median(&db, &q.raw, &[&app, &q.from, &q.to]).await?;
+        let zone = tz.name();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            if q.zoned { vec![&app, &q.from, &q.to, &zone] } else { vec![&app, &q.from, &q.to] };
+        let raw = raw_median(&db, &q.raw, &params).await?;
         let row = Row { name: q.name, one, high, raw };
         print_row(&row);
         rows.push(row);
@@ -391,8 +430,9 @@ fn print_row(r: &Row) {
 
 fn print_summary(settings: &Settings, qs: &[Question], rows: &[Row]) {
     println!(
-        "\n=== Summary ({} events, 10 apps, biggest app measured, caches off) ===",
-        fmt_int(settings.events as u64)
+        "\n=== Summary ({} events, 10 apps, biggest app measured, caches off, tz {}) ===",
+        fmt_int(settings.events as u64),
+        settings.tz.name()
     );
     println!(
         "{:<28} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9}",
