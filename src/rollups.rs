@@ -44,9 +44,9 @@ const MARK_COMPLETE: &str = "INSERT INTO rollup_months (month, complete, rebuilt
      ON CONFLICT (month) DO UPDATE SET complete = true, rebuilt_at = now()";
 
 // A whole month rebuilt for every app: its tiers are complete too.
-const MARK_REBUILT: &str = "INSERT INTO rollup_months (month, complete, tiers, rebuilt_at) \
-     VALUES ($1, true, true, now()) \
-     ON CONFLICT (month) DO UPDATE SET complete = true, tiers = true, rebuilt_at = now()";
+const MARK_REBUILT: &str = "INSERT INTO rollup_months (month, complete, tiers, quarters, rebuilt_at) \
+     VALUES ($1, true, true, true, now()) \
+     ON CONFLICT (month) DO UPDATE SET complete = true, tiers = true, quarters = true, rebuilt_at = now()";
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -1,15 +1,16 @@
-//! Multi-tier rollups (`rollup_tiers`, see `sql/migrations/V4__rollup_tiers.sql`): per (app, UTC hour,
-//! day or month, event type) the event count, sketches of distinct users and sessions, and device /
-//! browser / os breakdowns.
+//! Multi-tier rollups (`rollup_tiers`, see `sql/migrations/V4__rollup_tiers.sql` and
+//! `V5__quarter_tiers.sql`): per (app, UTC hour, day or month, event type) the event count, sketches
+//! of distinct users and sessions, and device / browser / os breakdowns; and per (app, UTC quarter
+//! hour) the same for every event type together, so zones at +5:30 and +5:45 read rollups too.
 //!
-//! - Ingestion appends one delta row (tier 0) per (app, hour, event type) and per (app, hour) for all
-//!   types, in the same transaction as the events ([`deltas`], [`INSERT_DELTAS`]).
+//! - Ingestion appends one delta row (tier 0) per (app, hour, event type) and per (app, quarter hour)
+//!   for all types, in the same transaction as the events ([`deltas`], [`INSERT_DELTAS`]).
 //! - The compactor ([`compact`], run every `STRATA_TIER_COMPACT_INTERVAL` by [`compact_loop`]) deletes
-//!   deltas and merges them into the hour, day and month rows in one transaction, under an advisory
-//!   lock, so one compactor runs per database and every delta is counted either as itself or in the
-//!   merged rows, never both.
-//! - Rebuilds ([`rebuild_in`], part of `rollups::recompute`) recompute hours from raw rows, then the
-//!   days and months holding them from the hours.
+//!   deltas and merges them into the quarter-hour (all types only), hour, day and month rows in one
+//!   transaction, under an advisory lock, so one compactor runs per database and every delta is
+//!   counted either as itself or in the merged rows, never both.
+//! - Rebuilds ([`rebuild_in`], part of `rollups::recompute`) recompute hours and quarter hours from raw
+//!   rows, then the days and months holding them from the hours.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use uuid::Uuid;
 use crate::ingest::event::EventRow;
 use crate::query::sketch::{CorruptSketch, Sketch};
 
-/// A writer's delta of one hour.
+/// A writer's delta of one hour (one quarter hour for all types together).
 pub const DELTA: i16 = 0;
 /// A merged UTC hour.
 pub const HOUR: i16 = 1;
@@ -32,6 +33,8 @@ pub const HOUR: i16 = 1;
 pub const DAY: i16 = 2;
 /// A merged UTC month.
 pub const MONTH: i16 = 3;
+/// A merged UTC quarter hour, of every event type together only (event type "").
+pub const QUARTER: i16 = 4;
 
 /// Advisory lock key held by the compactor and by rebuilds ("strata tiers").
 const LOCK_KEY: i64 = 0x5354_5241_5449_4552;
@@ -113,6 +116,7 @@ impl Agg {
 /// The start of the tier-`tier` period holding `t`.
 pub fn tier_start(tier: i16, t: DateTime<Utc>) -> DateTime<Utc> {
     let secs = match tier {
+        QUARTER => 900,
         DELTA | HOUR => 3600,
         DAY => 86_400,
         _ => {
@@ -126,6 +130,7 @@ pub fn tier_start(tier: i16, t: DateTime<Utc>) -> DateTime<Utc> {
 /// The end of the tier-`tier` period starting at `start`.
 pub fn tier_end(tier: i16, start: DateTime<Utc>) -> DateTime<Utc> {
     match tier {
+        QUARTER => start + TimeDelta::minutes(15),
         DELTA | HOUR => start + TimeDelta::hours(1),
         DAY => start + TimeDelta::days(1),
         _ => start.checked_add_months(Months::new(1)).expect("months within chrono's calendar"),
@@ -140,19 +145,18 @@ type MergedKey = (Uuid, i16, DateTime<Utc>, String);
 /// [`MergedKey`]s as columns for `unnest`.
 type KeyColumns<'a> = (Vec<Uuid>, Vec<i16>, Vec<DateTime<Utc>>, Vec<&'a str>);
 
-/// The deltas of `rows` (new events of one group commit): per (app, hour, type) and per (app, hour)
-/// with type "".
+/// The deltas of `rows` (new events of one group commit): per (app, hour, type) and per (app, quarter
+/// hour) with type "" (see [`delta_start`]).
 pub fn deltas(rows: &[&EventRow]) -> BTreeMap<Key, Agg> {
     let mut out: BTreeMap<Key, Agg> = BTreeMap::new();
     for r in rows {
-        let hour = tier_start(HOUR, r.created_at);
         let user = r.user_id.as_deref().map(crate::query::sketch::hash);
         let session = r.session_id.as_deref().map(crate::query::sketch::hash);
         let ua = r.ua.as_deref();
         let values =
             [ua.map(|u| u.device.as_str()), ua.and_then(|u| u.browser.as_deref()), ua.and_then(|u| u.os.as_deref())];
         for ty in [r.event_type.as_str(), ""] {
-            let agg = out.entry((r.app_id, hour, ty.to_owned())).or_default();
+            let agg = out.entry((r.app_id, delta_start(ty, r.created_at), ty.to_owned())).or_default();
             agg.events += 1;
             if let Some(h) = user {
                 agg.users.insert(h);
@@ -168,6 +172,21 @@ pub fn deltas(rows: &[&EventRow]) -> BTreeMap<Key, Agg> {
         }
     }
     out
+}
+
+/// Where a delta of event type `ty` holding `t` starts: its UTC quarter hour for "" (every type
+/// together, merged into quarter rows too), its UTC hour otherwise.
+pub fn delta_start(ty: &str, t: DateTime<Utc>) -> DateTime<Utc> {
+    tier_start(if ty.is_empty() { QUARTER } else { HOUR }, t)
+}
+
+/// The merged tiers a delta of event type `ty` is added to.
+fn merged_tiers(ty: &str) -> &'static [i16] {
+    if ty.is_empty() {
+        &[QUARTER, HOUR, DAY, MONTH]
+    } else {
+        &[HOUR, DAY, MONTH]
+    }
 }
 
 /// Inserts writer deltas (tier 0) from columns (see [`DeltaColumns`]).
@@ -265,9 +284,9 @@ async fn compact_in(tx: &Transaction<'_>, limit: i64) -> Result<u64, TierError> 
     for row in &taken {
         let mut agg = Agg::default();
         agg.absorb_columns(row, 3)?;
-        let (app, hour, ty): (Uuid, DateTime<Utc>, String) = (row.get(0), row.get(1), row.get(2));
-        for tier in [HOUR, DAY, MONTH] {
-            sums.entry((app, tier, tier_start(tier, hour), ty.clone())).or_default().absorb(&agg);
+        let (app, start, ty): (Uuid, DateTime<Utc>, String) = (row.get(0), row.get(1), row.get(2));
+        for &tier in merged_tiers(&ty) {
+            sums.entry((app, tier, tier_start(tier, start), ty.clone())).or_default().absorb(&agg);
         }
     }
     let keys: Vec<_> = sums.keys().cloned().collect();
@@ -374,6 +393,22 @@ const INSERT_HOURS: &str = "WITH raw AS ( \
      SELECT raw.app_id, 1, raw.h, raw.t, raw.n, raw.users, raw.sessions, COALESCE(dims.d, '{}'::jsonb) \
      FROM raw LEFT JOIN dims ON dims.app_id = raw.app_id AND dims.hour = raw.h AND dims.event_type = raw.t";
 
+const DELETE_QUARTERS: &str = "DELETE FROM rollup_tiers \
+     WHERE tier = 4 AND start >= $1 AND start < $2 AND ($3::uuid IS NULL OR app_id = $3)";
+
+// Quarter hours of every type together from raw rows (no breakdowns on '' rows). Hashes as INSERT_HOURS.
+const INSERT_QUARTERS: &str = "INSERT INTO rollup_tiers (app_id, tier, start, event_type, events, users, sessions, \
+       dims) \
+     SELECT app_id, 4, q, '', count(*), \
+       COALESCE(string_agg(DISTINCT u, ''::bytea ORDER BY u), ''::bytea), \
+       COALESCE(string_agg(DISTINCT s, ''::bytea ORDER BY s), ''::bytea), '{}'::jsonb \
+     FROM (SELECT app_id, date_bin('15 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS q, \
+             substring(sha256(convert_to(user_id, 'UTF8')) FROM 1 FOR 4) AS u, \
+             substring(sha256(convert_to(session_id, 'UTF8')) FROM 1 FOR 4) AS s \
+           FROM events \
+           WHERE created_at >= $1 AND created_at < $2 AND ($3::uuid IS NULL OR app_id = $3)) AS e \
+     GROUP BY e.app_id, e.q";
+
 const READ_TIER: &str = "SELECT app_id, start, event_type, events, users, sessions, dims FROM rollup_tiers \
      WHERE tier = $1 AND start >= $2 AND start < $3 AND ($4::uuid IS NULL OR app_id = $4)";
 
@@ -394,6 +429,8 @@ pub async fn rebuild_in(
     while compact_in(tx, COMPACT_BATCH).await? as i64 == COMPACT_BATCH {}
     tx.execute(DELETE_HOURS, &[&start, &end, &app]).await?;
     let hours = tx.execute(INSERT_HOURS, &[&start, &end, &app]).await?;
+    tx.execute(DELETE_QUARTERS, &[&start, &end, &app]).await?;
+    tx.execute(INSERT_QUARTERS, &[&start, &end, &app]).await?;
     let (day_lo, day_hi) = (tier_start(DAY, start), tier_end(DAY, tier_start(DAY, end - TimeDelta::seconds(1))));
     regroup(tx, app, HOUR, DAY, day_lo, day_hi).await?;
     let (month_lo, month_hi) =

@@ -10,15 +10,15 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::Transaction;
 use postgres_types::ToSql;
 use uuid::Uuid;
 
-use super::plan::{month_of, plan, Span, HOUR};
+use super::plan::{complement, month_of, plan, Span, HOUR, QUARTER_HOUR};
 use super::store::rows;
 use super::{QueryError, Source};
-use crate::tiers::{tier_end, tier_start, Agg, DAY, HOUR as HOUR_TIER, MONTH};
+use crate::tiers::{tier_end, tier_start, Agg, DAY, HOUR as HOUR_TIER, MONTH, QUARTER};
 
 /// What to read.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +47,8 @@ struct Piece {
     bucket: usize,
 }
 
-const TRUSTED_MONTHS: &str = "SELECT month FROM rollup_months WHERE complete AND tiers AND month >= $1 AND month <= $2";
+const TRUSTED_MONTHS: &str =
+    "SELECT month, quarters FROM rollup_months WHERE complete AND tiers AND month >= $1 AND month <= $2";
 
 // $1 app, $2/$3 tier and start of each piece, $4 the one event type read ('' for all types together),
 // $5 per type, $6 users, $7 sessions, $8 breakdowns. Unwanted columns are replaced by constants, so
@@ -113,12 +114,19 @@ pub async fn aggregate(
     bounds: &[DateTime<Utc>],
     select: Select<'_>,
 ) -> Result<(Aggs, Source), QueryError> {
-    let (first, last) = (month_of(range.start), month_of(range.end));
-    let trusted: Vec<chrono::NaiveDate> =
-        rows(tx, TRUSTED_MONTHS, &[&first, &last]).await?.iter().map(|r| r.get(0)).collect();
-    let plan = plan(range, &trusted, bounds, HOUR);
-    let pieces = pieces(&plan.rollup, bounds);
     let Select { event_type: ty, per_type, users, sessions, dims } = select;
+    let (first, last) = (month_of(range.start), month_of(range.end));
+    let trusted = rows(tx, TRUSTED_MONTHS, &[&first, &last]).await?;
+    // Quarter-hour rows hold every event type together only.
+    let quarters_wanted = !per_type && ty.is_none();
+    let (by_quarter, by_hour): (Vec<&tokio_postgres::Row>, Vec<&tokio_postgres::Row>) =
+        trusted.iter().partition(|r| quarters_wanted && r.get::<_, bool>(1));
+    let months = |rows: Vec<&tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<NaiveDate>>();
+    let mut rollup = plan(range, &months(by_quarter), bounds, QUARTER_HOUR).rollup;
+    rollup.extend(plan(range, &months(by_hour), bounds, HOUR).rollup);
+    rollup.sort_by_key(|s| s.start);
+    let raw = complement(range, &rollup);
+    let pieces = pieces(&rollup, bounds);
     let merged = async {
         if pieces.is_empty() {
             return Ok(Vec::new());
@@ -137,17 +145,17 @@ pub async fn aggregate(
         };
         rows(tx, DELTAS, &[&app, &lo.start, &hi.end, &ty, &per_type, &users, &sessions, &dims]).await
     };
-    let raw_starts: Vec<DateTime<Utc>> = plan.raw.iter().map(|s| s.start).collect();
-    let raw_ends: Vec<DateTime<Utc>> = plan.raw.iter().map(|s| s.end).collect();
+    let raw_starts: Vec<DateTime<Utc>> = raw.iter().map(|s| s.start).collect();
+    let raw_ends: Vec<DateTime<Utc>> = raw.iter().map(|s| s.end).collect();
     let raw_params: [&(dyn ToSql + Sync); 6] = [&app, &raw_starts, &raw_ends, &ty, &bounds, &per_type];
     let raws = async {
-        if plan.raw.is_empty() {
+        if raw.is_empty() {
             return Ok(Vec::new());
         }
         rows(tx, RAW, &raw_params).await
     };
     let raw_dims = async {
-        if plan.raw.is_empty() || !dims {
+        if raw.is_empty() || !dims {
             return Ok(Vec::new());
         }
         rows(tx, RAW_DIMS, &raw_params).await
@@ -161,10 +169,11 @@ pub async fn aggregate(
         out.entry((bucket, row.get(2))).or_default().absorb_columns(row, 3)?;
     }
     for row in &deltas {
-        let hour: DateTime<Utc> = row.get(0);
-        // The piece holding the hour; deltas of hours read raw are skipped (raw rows count them).
-        let at = pieces.partition_point(|p| p.end <= hour);
-        let Some(piece) = pieces.get(at).filter(|p| p.start <= hour) else { continue };
+        // A delta covers its hour (or quarter hour, for all types together): the piece holding its
+        // start holds all of it. Deltas of periods read raw are skipped (raw rows count them).
+        let start: DateTime<Utc> = row.get(0);
+        let at = pieces.partition_point(|p| p.end <= start);
+        let Some(piece) = pieces.get(at).filter(|p| p.start <= start) else { continue };
         out.entry((piece.bucket, row.get(1))).or_default().absorb_columns(row, 2)?;
     }
     for row in &raws {
@@ -184,7 +193,7 @@ pub async fn aggregate(
             *agg.dims[d].entry(row.get(2 + d)).or_default() += n;
         }
     }
-    Ok((out, Source::of(!pieces.is_empty(), !plan.raw.is_empty())))
+    Ok((out, Source::of(!pieces.is_empty(), !raw.is_empty())))
 }
 
 /// width_bucket's 1-based number as an index (0 cannot occur: the first bound precedes every row).
@@ -192,8 +201,8 @@ fn bucket_index(b: i32) -> usize {
     usize::try_from(b.max(1) - 1).expect("non-negative")
 }
 
-/// Covers the hour-aligned `spans` (sorted, none straddling a bucket start) with the largest tier
-/// periods inside each bucket, sorted by start.
+/// Covers the hour- or quarter-hour-aligned `spans` (sorted, none straddling a bucket start) with the
+/// largest tier periods inside each bucket, sorted by start.
 fn pieces(spans: &[Span], bounds: &[DateTime<Utc>]) -> Vec<Piece> {
     let mut out = Vec::new();
     for span in spans {
@@ -201,10 +210,10 @@ fn pieces(spans: &[Span], bounds: &[DateTime<Utc>]) -> Vec<Piece> {
         while t < span.end {
             let bucket = bounds.partition_point(|b| *b <= t).max(1) - 1;
             let stop = bounds.get(bucket + 1).map_or(span.end, |next| (*next).min(span.end));
-            let tier = [MONTH, DAY]
+            let tier = [MONTH, DAY, HOUR_TIER]
                 .into_iter()
                 .find(|&tier| tier_start(tier, t) == t && tier_end(tier, t) <= stop)
-                .unwrap_or(HOUR_TIER);
+                .unwrap_or(QUARTER);
             let end = tier_end(tier, t);
             out.push(Piece { tier, start: t, end, bucket });
             t = end;
@@ -240,6 +249,23 @@ mod tests {
                 (H, at("2026-03-02T01:00:00Z"), 1),
             ]
         );
+    }
+
+    #[test]
+    fn a_day_bucket_at_plus_five_thirty_is_made_of_quarter_hours_and_hours() {
+        // Asia/Kolkata day: 18:30Z to 18:30Z.
+        let bounds = [at("2026-01-14T18:30:00Z"), at("2026-01-15T18:30:00Z")];
+        let spans = [Span { start: at("2026-01-14T18:30:00Z"), end: at("2026-01-15T18:30:00Z") }];
+        let p = pieces(&spans, &bounds);
+        let count = |tier| p.iter().filter(|p| p.tier == tier).count();
+        assert_eq!((count(QUARTER), count(H), count(DAY)), (4, 23, 0));
+        assert_eq!(
+            (p[0].tier, p[0].start, p[0].end),
+            (QUARTER, at("2026-01-14T18:30:00Z"), at("2026-01-14T18:45:00Z"))
+        );
+        assert_eq!((p[2].tier, p[2].start), (H, at("2026-01-14T19:00:00Z")));
+        assert_eq!(p.last().map(|p| (p.tier, p.start)), Some((QUARTER, at("2026-01-15T18:15:00Z"))));
+        assert!(p.windows(2).all(|w| w[0].end == w[1].start) && p.iter().all(|p| p.bucket == 0));
     }
 
     #[test]

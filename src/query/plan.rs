@@ -124,7 +124,7 @@ fn trusted_spans(range: Span, complete: &[NaiveDate]) -> Vec<Span> {
 }
 
 /// `range` minus the sorted, disjoint `inner` spans (which lie inside it).
-fn complement(range: Span, inner: &[Span]) -> Vec<Span> {
+pub fn complement(range: Span, inner: &[Span]) -> Vec<Span> {
     let mut out = Vec::new();
     let mut cursor = range.start;
     for s in inner {

@@ -1,4 +1,4 @@
-//! The multi-tier rollups (hour, day, month rows with distinct-count sketches): ingestion deltas and
+//! The multi-tier rollups (quarter-hour, hour, day, month rows with distinct-count sketches): ingestion deltas and
 //! compaction keep them equal to the raw rows at every tier, a rebuild reproduces them byte for byte,
 //! and large distinct counts stay within the sketch's documented error.
 
@@ -24,6 +24,17 @@ async fn mismatches(db: &tokio_postgres::Client) -> Vec<(i16, i64)> {
     for (tier, unit) in [(1i16, "hour"), (2, "day"), (3, "month")] {
         out.push((tier, db.query_one(sql, &[&tier, &unit]).await.unwrap().get(0)));
     }
+    // Quarter hours exist for all types together only; their deltas start on the quarter.
+    let quarters = "WITH raw AS ( \
+                      SELECT app_id, date_bin('15 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS p, \
+                        count(*) AS n \
+                      FROM events GROUP BY 1, 2), \
+                    t AS ( \
+                      SELECT app_id, start AS p, sum(events) AS n FROM rollup_tiers \
+                      WHERE tier IN (0, 4) AND event_type = '' GROUP BY 1, 2) \
+                    SELECT count(*) FROM raw FULL JOIN t ON raw.app_id = t.app_id AND raw.p = t.p \
+                    WHERE raw.n IS DISTINCT FROM t.n";
+    out.push((4, db.query_one(quarters, &[]).await.unwrap().get(0)));
     out
 }
 
@@ -83,9 +94,9 @@ async fn concurrent_ingestion_and_compaction_keep_every_tier_equal_to_raw_rows()
         assert_eq!(r.status, 201, "{}", r.body);
     }
     // Deltas may remain: readers add them to the merged rows.
-    assert_eq!(mismatches(&app.db).await, [(1, 0), (2, 0), (3, 0)]);
+    assert_eq!(mismatches(&app.db).await, [(1, 0), (2, 0), (3, 0), (4, 0)]);
     compact_all(&app).await;
-    assert_eq!(mismatches(&app.db).await, [(1, 0), (2, 0), (3, 0)]);
+    assert_eq!(mismatches(&app.db).await, [(1, 0), (2, 0), (3, 0), (4, 0)]);
     let raw: i64 = app.db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
     assert_eq!(raw, 960);
 }
