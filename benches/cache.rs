@@ -163,13 +163,12 @@ async fn phase(label: &str, url: &str, conns: usize, s: &Settings) -> Result<Pha
                 if t >= end {
                     break;
                 }
-                let mut result = conn.get().await;
+                let result = conn.get().await;
                 if result.is_err() {
-                    // A broken connection is replaced (and the error counted).
+                    // A broken connection is replaced (the error is counted below).
                     if let Ok(fresh) = Conn::open(&url).await {
                         conn = fresh;
                     }
-                    result = result.map_err(|e| e.context("request failed"));
                 }
                 if t < measure_from {
                     continue;

@@ -200,7 +200,7 @@ pub const INSERT_DELTAS: &str = "INSERT INTO rollup_tiers (app_id, tier, start, 
 #[derive(Debug, Default)]
 pub struct DeltaColumns {
     app: Vec<Uuid>,
-    hour: Vec<DateTime<Utc>>,
+    start: Vec<DateTime<Utc>>,
     event_type: Vec<String>,
     events: Vec<i64>,
     users: Vec<Vec<u8>>,
@@ -212,9 +212,9 @@ impl DeltaColumns {
     /// Encodes `deltas` (see [`deltas`]).
     pub fn of(deltas: BTreeMap<Key, Agg>) -> DeltaColumns {
         let mut c = DeltaColumns::default();
-        for ((app, hour, ty), mut agg) in deltas {
+        for ((app, start, ty), mut agg) in deltas {
             c.app.push(app);
-            c.hour.push(hour);
+            c.start.push(start);
             c.event_type.push(ty);
             c.events.push(agg.events);
             c.users.push(agg.users.encode());
@@ -226,7 +226,7 @@ impl DeltaColumns {
 
     /// The statement's parameters.
     pub fn params(&self) -> [&(dyn ToSql + Sync); 7] {
-        [&self.app, &self.hour, &self.event_type, &self.events, &self.users, &self.sessions, &self.dims]
+        [&self.app, &self.start, &self.event_type, &self.events, &self.users, &self.sessions, &self.dims]
     }
 }
 

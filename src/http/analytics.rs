@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -27,7 +27,9 @@ use crate::auth::bearer::{bearer_token, token_matches};
 use crate::cache::{Hit, QueryKey, Recipe, Tier};
 use crate::query::apps::{find_app, live_app_ids, AppInfo};
 use crate::query::buckets::label;
-use crate::query::params::{parse_tz, parse_user_id, Filter, ParamError, Params, RangeDefault, TimelineRequest};
+use crate::query::params::{
+    parse_date, parse_tz, parse_user_id, Filter, ParamError, Params, RangeDefault, TimelineRequest,
+};
 use crate::query::plan::Span;
 use crate::query::store::Reader;
 use crate::query::summary::Breakdown;
@@ -234,21 +236,17 @@ fn recipe(
     tz: Tz,
 ) -> Option<Recipe> {
     let today = Utc::now().with_timezone(&tz).date_naive();
-    let rolling = p.get("endDate", "end_date").ok().flatten().and_then(as_date).is_some_and(|end| end >= today);
+    let rolling = p.get("endDate", "end_date").ok().flatten().and_then(parse_date).is_some_and(|end| end >= today);
     let mut params = Vec::with_capacity(names.len());
     for &(name, alias) in names {
         let Some(v) = p.get(name, alias).ok().flatten() else { continue };
-        let v = match as_date(v) {
+        let v = match parse_date(v) {
             Some(day) if rolling && matches!(name, "startDate" | "endDate") => format!("@{}", (day - today).num_days()),
             _ => v.to_owned(),
         };
         params.push((name.to_owned(), v));
     }
     Some(Recipe { endpoint: endpoint.to_owned(), path: path.map(str::to_owned), params })
-}
-
-fn as_date(v: &str) -> Option<NaiveDate> {
-    crate::query::params::parse_date(v)
 }
 
 /// The recipe's parameters as a request at `now` would send them.

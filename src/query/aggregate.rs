@@ -10,12 +10,12 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use deadpool_postgres::Transaction;
 use postgres_types::ToSql;
 use uuid::Uuid;
 
-use super::plan::{complement, month_of, plan, Span, HOUR, QUARTER_HOUR};
+use super::plan::{month_of, plan, Plan, Span, HOUR, QUARTER_HOUR};
 use super::store::rows;
 use super::{QueryError, Source};
 use crate::tiers::{tier_end, tier_start, Agg, DAY, HOUR as HOUR_TIER, MONTH, QUARTER};
@@ -50,43 +50,42 @@ struct Piece {
 const TRUSTED_MONTHS: &str =
     "SELECT month, quarters FROM rollup_months WHERE complete AND tiers AND month >= $1 AND month <= $2";
 
+/// A MERGED statement: its event type column, the condition on `r.event_type`, and a guard on the
+/// parameters it does not use (keeping all nine typed, so every variant takes the same parameters).
+macro_rules! merged {
+    ($type_column:literal, $type_condition:literal, $guard:literal) => {
+        concat!(
+            "SELECT r.tier, r.start, ",
+            $type_column,
+            ", r.events, \
+               CASE WHEN $6 THEN r.users ELSE ''::bytea END, CASE WHEN $7 THEN r.sessions ELSE ''::bytea END, \
+               CASE WHEN $8 THEN r.dims ELSE '{}'::jsonb END \
+             FROM unnest($2::int2[], $3::timestamptz[], $9::timestamptz[]) AS k(tier, lo, hi) \
+             CROSS JOIN LATERAL ( \
+               SELECT * FROM rollup_tiers AS r \
+               WHERE r.app_id = $1 AND r.tier = k.tier AND r.start >= k.lo AND r.start < k.hi \
+                 AND r.tier > 0 AND r.event_type ",
+            $type_condition,
+            " OFFSET 0) AS r",
+            $guard
+        )
+    };
+}
+
 // $1 app, $2/$3/$9 tier, start and end of each run of adjacent pieces of one tier (a 90-day daily
 // timeline in New York is one run of 2,160 hours: one index range scan, not 2,160 probes; `OFFSET 0`
 // keeps each run a parameterised range scan rather than a join over all of the app's rows), $4 the one
 // event type read, $5 per type, $6 users, $7 sessions, $8 breakdowns. Unwanted columns are replaced by
 // constants, so their values are never read. The type is compared in the index, so other types' rows
 // are never fetched from the heap.
-const MERGED: &str = "SELECT r.tier, r.start, CASE WHEN $5 THEN r.event_type ELSE '' END, r.events, \
-       CASE WHEN $6 THEN r.users ELSE ''::bytea END, CASE WHEN $7 THEN r.sessions ELSE ''::bytea END, \
-       CASE WHEN $8 THEN r.dims ELSE '{}'::jsonb END \
-     FROM unnest($2::int2[], $3::timestamptz[], $9::timestamptz[]) AS k(tier, lo, hi) \
-     CROSS JOIN LATERAL ( \
-       SELECT * FROM rollup_tiers AS r \
-       WHERE r.app_id = $1 AND r.tier = k.tier AND r.start >= k.lo AND r.start < k.hi AND r.event_type = $4::text \
-         AND r.tier > 0 OFFSET 0) AS r";
+const MERGED: &str = merged!("CASE WHEN $5 THEN r.event_type ELSE '' END", "= $4::text", "");
 
 // As MERGED, every event type together ($4 is NULL, $5 false): the literal lets a generic plan use the
 // partial index of these rows.
-const MERGED_ALL_TYPES: &str = "SELECT r.tier, r.start, '', r.events, \
-       CASE WHEN $6 THEN r.users ELSE ''::bytea END, CASE WHEN $7 THEN r.sessions ELSE ''::bytea END, \
-       CASE WHEN $8 THEN r.dims ELSE '{}'::jsonb END \
-     FROM unnest($2::int2[], $3::timestamptz[], $9::timestamptz[]) AS k(tier, lo, hi) \
-     CROSS JOIN LATERAL ( \
-       SELECT * FROM rollup_tiers AS r \
-       WHERE r.app_id = $1 AND r.tier = k.tier AND r.start >= k.lo AND r.start < k.hi AND r.event_type = '' \
-         AND r.tier > 0 OFFSET 0) AS r \
-     WHERE $4::text IS NULL AND NOT $5";
+const MERGED_ALL_TYPES: &str = merged!("''", "= ''", " WHERE $4::text IS NULL AND NOT $5");
 
 // As MERGED, every event type separately ($4 is NULL, $5 true).
-const MERGED_PER_TYPE: &str = "SELECT r.tier, r.start, r.event_type, r.events, \
-       CASE WHEN $6 THEN r.users ELSE ''::bytea END, CASE WHEN $7 THEN r.sessions ELSE ''::bytea END, \
-       CASE WHEN $8 THEN r.dims ELSE '{}'::jsonb END \
-     FROM unnest($2::int2[], $3::timestamptz[], $9::timestamptz[]) AS k(tier, lo, hi) \
-     CROSS JOIN LATERAL ( \
-       SELECT * FROM rollup_tiers AS r \
-       WHERE r.app_id = $1 AND r.tier = k.tier AND r.start >= k.lo AND r.start < k.hi AND r.event_type > '' \
-         AND r.tier > 0 OFFSET 0) AS r \
-     WHERE $4::text IS NULL AND $5";
+const MERGED_PER_TYPE: &str = merged!("r.event_type", "> ''", " WHERE $4::text IS NULL AND $5");
 
 // $1 app, $2/$3 hour range, then as MERGED.
 const DELTAS: &str = "SELECT r.start, CASE WHEN $5 THEN r.event_type ELSE '' END, r.events, \
@@ -134,16 +133,14 @@ pub async fn aggregate(
 ) -> Result<(Aggs, Source), QueryError> {
     let Select { event_type: ty, per_type, users, sessions, dims } = select;
     let (first, last) = (month_of(range.start), month_of(range.end));
-    let trusted = rows(tx, TRUSTED_MONTHS, &[&first, &last]).await?;
     // Quarter-hour rows hold every event type together only.
     let quarters_wanted = !per_type && ty.is_none();
-    let (by_quarter, by_hour): (Vec<&tokio_postgres::Row>, Vec<&tokio_postgres::Row>) =
-        trusted.iter().partition(|r| quarters_wanted && r.get::<_, bool>(1));
-    let months = |rows: Vec<&tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<NaiveDate>>();
-    let mut rollup = plan(range, &months(by_quarter), bounds, QUARTER_HOUR).rollup;
-    rollup.extend(plan(range, &months(by_hour), bounds, HOUR).rollup);
-    rollup.sort_by_key(|s| s.start);
-    let raw = complement(range, &rollup);
+    let complete: Vec<(NaiveDate, TimeDelta)> = rows(tx, TRUSTED_MONTHS, &[&first, &last])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), if quarters_wanted && r.get::<_, bool>(1) { QUARTER_HOUR } else { HOUR }))
+        .collect();
+    let Plan { rollup, raw } = plan(range, &complete, bounds);
     let pieces = pieces(&rollup, bounds);
     let merged = async {
         if pieces.is_empty() {

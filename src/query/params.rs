@@ -214,6 +214,8 @@ pub fn parse_user_id(v: &str) -> Result<&str, ParamError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn dates_are_exactly_yyyy_mm_dd_and_real() {
         let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day);
@@ -225,8 +227,6 @@ mod tests {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn nul_characters_are_refused_where_postgresql_text_cannot_hold_them() {

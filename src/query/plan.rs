@@ -1,10 +1,10 @@
 //! The planner: which parts of a requested range the rollup tables answer and which need raw rows.
 //!
-//! Rollups count whole UTC slots (an hour, or a quarter-hour through `q0..q3`). A slot may be read
-//! from them when it lies inside the range, inside a month listed complete in `rollup_months`, and no
-//! bucket boundary falls inside it. Everything else (the sub-slot edges at the range's start and end,
-//! months whose rollups are not trusted, slots split by an unaligned bucket boundary) is raw. The
-//! planner is pure: [`plan`] takes the complete months as input.
+//! Rollups count whole UTC slots (an hour, or a quarter hour where a month has quarter-hour rows). A
+//! slot may be read from them when it lies inside the range, inside a month listed complete in
+//! `rollup_months`, and no bucket boundary falls inside it. Everything else (the sub-slot edges at the
+//! range's start and end, months whose rollups are not trusted, slots split by an unaligned bucket
+//! boundary) is raw. The planner is pure: [`plan`] takes the complete months and their slots as input.
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
 
@@ -71,14 +71,15 @@ pub fn is_aligned(t: DateTime<Utc>, slot: TimeDelta) -> bool {
     floor(t, slot) == t
 }
 
-/// Splits `range` into rollup and raw spans. `complete` lists first days of complete UTC months (any
-/// order); `cuts` are bucket starts (sorted) that a rollup slot must not straddle.
-pub fn plan(range: Span, complete: &[NaiveDate], cuts: &[DateTime<Utc>], slot: TimeDelta) -> Plan {
+/// Splits `range` into rollup and raw spans. `complete` lists the first days of complete UTC months
+/// (any order), each with the slot its rollups count ([`HOUR`] or [`QUARTER_HOUR`]); `cuts` are bucket
+/// starts (sorted) that a rollup slot must not straddle.
+pub fn plan(range: Span, complete: &[(NaiveDate, TimeDelta)], cuts: &[DateTime<Utc>]) -> Plan {
     if range.is_empty() {
         return Plan::default();
     }
     let mut rollup = Vec::new();
-    for trusted in trusted_spans(range, complete) {
+    for (trusted, slot) in trusted_spans(range, complete) {
         let span = Span { start: ceil(trusted.start, slot), end: floor(trusted.end, slot) };
         if span.is_empty() {
             continue;
@@ -103,28 +104,29 @@ pub fn plan(range: Span, complete: &[NaiveDate], cuts: &[DateTime<Utc>], slot: T
     Plan { rollup, raw }
 }
 
-/// The parts of `range` inside complete months, merged where months are adjacent.
-fn trusted_spans(range: Span, complete: &[NaiveDate]) -> Vec<Span> {
-    let mut months: Vec<NaiveDate> = complete.to_vec();
+/// The parts of `range` inside complete months with their slot, merged where adjacent months share
+/// a slot.
+fn trusted_spans(range: Span, complete: &[(NaiveDate, TimeDelta)]) -> Vec<(Span, TimeDelta)> {
+    let mut months = complete.to_vec();
     months.sort_unstable();
-    months.dedup();
-    let mut spans: Vec<Span> = Vec::new();
-    for m in months {
+    months.dedup_by_key(|(m, _)| *m);
+    let mut spans: Vec<(Span, TimeDelta)> = Vec::new();
+    for (m, slot) in months {
         let s = month_span(m);
         let s = Span { start: s.start.max(range.start), end: s.end.min(range.end) };
         if s.is_empty() {
             continue;
         }
         match spans.last_mut() {
-            Some(last) if last.end == s.start => last.end = s.end,
-            _ => spans.push(s),
+            Some((last, last_slot)) if last.end == s.start && *last_slot == slot => last.end = s.end,
+            _ => spans.push((s, slot)),
         }
     }
     spans
 }
 
 /// `range` minus the sorted, disjoint `inner` spans (which lie inside it).
-pub fn complement(range: Span, inner: &[Span]) -> Vec<Span> {
+fn complement(range: Span, inner: &[Span]) -> Vec<Span> {
     let mut out = Vec::new();
     let mut cursor = range.start;
     for s in inner {
@@ -155,10 +157,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn months(days: &[NaiveDate], slot: TimeDelta) -> Vec<(NaiveDate, TimeDelta)> {
+        days.iter().map(|d| (*d, slot)).collect()
+    }
+
     #[test]
     fn whole_slots_of_complete_months_come_from_rollups_and_edges_from_raw() {
         let range = span("2026-10-20T10:07:00Z", "2026-11-03T05:50:00Z");
-        let p = plan(range, &[day("2026-10-01"), day("2026-11-01")], &[], QUARTER_HOUR);
+        let p = plan(range, &months(&[day("2026-10-01"), day("2026-11-01")], QUARTER_HOUR), &[]);
         assert_eq!(p.rollup, [span("2026-10-20T10:15:00Z", "2026-11-03T05:45:00Z")]);
         assert_eq!(
             p.raw,
@@ -167,14 +173,14 @@ mod tests {
                 span("2026-11-03T05:45:00Z", "2026-11-03T05:50:00Z")
             ]
         );
-        let hourly = plan(range, &[day("2026-10-01"), day("2026-11-01")], &[], HOUR);
+        let hourly = plan(range, &months(&[day("2026-10-01"), day("2026-11-01")], HOUR), &[]);
         assert_eq!(hourly.rollup, [span("2026-10-20T11:00:00Z", "2026-11-03T05:00:00Z")]);
     }
 
     #[test]
     fn a_month_missing_from_rollup_months_is_read_raw() {
         let range = span("2026-09-15T00:00:00Z", "2026-11-15T00:00:00Z");
-        let p = plan(range, &[day("2026-09-01"), day("2026-11-01")], &[], HOUR);
+        let p = plan(range, &months(&[day("2026-09-01"), day("2026-11-01")], HOUR), &[]);
         assert_eq!(
             p.rollup,
             [
@@ -183,14 +189,14 @@ mod tests {
             ]
         );
         assert_eq!(p.raw, [span("2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z")]);
-        assert_eq!(plan(range, &[], &[], HOUR).raw, [range]);
+        assert_eq!(plan(range, &months(&[], HOUR), &[]).raw, [range]);
     }
 
     #[test]
     fn unaligned_bucket_starts_leave_their_slot_to_raw_rows() {
         let range = span("2026-10-01T00:00:00Z", "2026-10-01T03:00:00Z");
         let cuts = [at("2026-10-01T00:00:00Z"), at("2026-10-01T01:20:00Z"), at("2026-10-01T02:30:00Z")];
-        let p = plan(range, &[day("2026-10-01")], &cuts, QUARTER_HOUR);
+        let p = plan(range, &months(&[day("2026-10-01")], QUARTER_HOUR), &cuts);
         assert_eq!(
             p.rollup,
             [
@@ -199,13 +205,31 @@ mod tests {
             ]
         );
         assert_eq!(p.raw, [span("2026-10-01T01:15:00Z", "2026-10-01T01:30:00Z")]);
-        let hourly = plan(range, &[day("2026-10-01")], &cuts, HOUR);
+        let hourly = plan(range, &months(&[day("2026-10-01")], HOUR), &cuts);
         assert_eq!(hourly.raw, [span("2026-10-01T01:00:00Z", "2026-10-01T03:00:00Z")]);
+    }
+
+    #[test]
+    fn each_month_is_cut_at_its_own_slot() {
+        // October has quarter-hour rows, November hourly ones only (held events before they existed).
+        let range = span("2026-10-31T20:00:00Z", "2026-11-01T04:00:00Z");
+        let cuts = [at("2026-10-31T18:30:00Z"), at("2026-10-31T22:30:00Z"), at("2026-11-01T02:30:00Z")];
+        let complete = [(day("2026-11-01"), HOUR), (day("2026-10-01"), QUARTER_HOUR)];
+        let p = plan(range, &complete, &cuts);
+        assert_eq!(
+            p.rollup,
+            [
+                span("2026-10-31T20:00:00Z", "2026-11-01T00:00:00Z"),
+                span("2026-11-01T00:00:00Z", "2026-11-01T02:00:00Z"),
+                span("2026-11-01T03:00:00Z", "2026-11-01T04:00:00Z")
+            ]
+        );
+        assert_eq!(p.raw, [span("2026-11-01T02:00:00Z", "2026-11-01T03:00:00Z")]);
     }
 
     #[test]
     fn an_empty_range_has_an_empty_plan() {
         let t = at("2026-10-01T00:00:00Z");
-        assert_eq!(plan(Span { start: t, end: t }, &[day("2026-10-01")], &[], HOUR), Plan::default());
+        assert_eq!(plan(Span { start: t, end: t }, &months(&[day("2026-10-01")], HOUR), &[]), Plan::default());
     }
 }
