@@ -90,6 +90,9 @@ pub struct Config {
     pub body_max_bytes: usize,
     /// `STRATA_METADATA_MAX_BYTES` (default 32 KiB): largest `metadata` of one event.
     pub metadata_max_bytes: usize,
+    /// `STRATA_INGEST_MEMORY_BYTES` (default 64 MiB): bytes of ingestion bodies (raw, decompressed,
+    /// parsed) all requests together may hold; beyond it requests are shed with 503 `overloaded`.
+    pub ingest_memory_bytes: usize,
     /// `STRATA_FUTURE_SKEW` (default `24h`): how far past now an event time may be.
     pub future_skew: Duration,
     /// `STRATA_ACCEPT_WINDOW` (default `730d`): how old an event may be.
@@ -171,6 +174,7 @@ impl Default for Config {
             writers: 2,
             body_max_bytes: 5 * 1024 * 1024,
             metadata_max_bytes: 32 * 1024,
+            ingest_memory_bytes: 64 * 1024 * 1024,
             future_skew: Duration::from_secs(24 * 3600),
             accept_window: Duration::from_secs(730 * 24 * 3600),
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
@@ -241,6 +245,9 @@ pub const CACHE_WARM_MAX: usize = 50;
 const MAX_WRITERS: usize = 64;
 
 /// The longest API-key cache lifetime allowed: revocation must bite within it even without Redis.
+/// The in-flight body budget holds at least this many largest bodies: one request holds its raw body,
+/// the decompressed body and the rows parsed from it.
+pub const INGEST_MEMORY_PER_BODY: usize = 4;
 const KEY_CACHE_TTL_MAX: Duration = Duration::from_secs(30);
 
 impl Config {
@@ -312,6 +319,7 @@ impl Config {
         c.writers = count("STRATA_WRITERS", c.writers)?;
         c.body_max_bytes = count("STRATA_BODY_MAX_BYTES", c.body_max_bytes)?;
         c.metadata_max_bytes = count("STRATA_METADATA_MAX_BYTES", c.metadata_max_bytes)?;
+        c.ingest_memory_bytes = count("STRATA_INGEST_MEMORY_BYTES", c.ingest_memory_bytes)?;
         c.future_skew = dur("STRATA_FUTURE_SKEW", c.future_skew)?;
         c.accept_window = dur("STRATA_ACCEPT_WINDOW", c.accept_window)?;
         c.dedupe_window = dur("STRATA_DEDUPE_WINDOW", c.dedupe_window)?;
@@ -379,6 +387,17 @@ impl Config {
                 "STRATA_BATCH_MAX_EVENTS",
                 &self.batch_max_events.to_string(),
                 "must not exceed STRATA_INGEST_QUEUE_CAPACITY, or a full batch could never be queued",
+            ));
+        }
+        if self.ingest_memory_bytes < self.body_max_bytes.saturating_mul(INGEST_MEMORY_PER_BODY) {
+            return Err(invalid(
+                "STRATA_INGEST_MEMORY_BYTES",
+                &self.ingest_memory_bytes.to_string(),
+                &format!(
+                    "must be at least {INGEST_MEMORY_PER_BODY} times STRATA_BODY_MAX_BYTES ({}), or the largest body \
+                     (raw, decompressed and parsed) could never be read",
+                    self.body_max_bytes
+                ),
             ));
         }
         if self.key_cache_ttl > KEY_CACHE_TTL_MAX {

@@ -10,7 +10,7 @@
 //! `strata_db_pool_connections{state}`, `strata_cache_requests_total{tier,result}`,
 //! `strata_redis_errors_total`, `strata_partitions_months_ahead`, `strata_partitions_default_rows`,
 //! `strata_maintenance_runs_total{result}`, `strata_maintenance_last_success_timestamp_seconds`,
-//! `strata_process_resident_memory_bytes`.
+//! `strata_process_resident_memory_bytes`, `strata_ingest_shed_total`, `strata_ingest_body_bytes_in_flight`.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -58,6 +58,8 @@ fn register_families() {
         counter!("strata_ingest_flush_errors_total", "kind" => kind).absolute(0);
     }
     counter!("strata_redis_errors_total").absolute(0);
+    counter!("strata_ingest_shed_total").absolute(0);
+    gauge!("strata_ingest_body_bytes_in_flight").set(0.0);
     counter!("strata_ingest_rejected_total", "reason" => "missing_event_type").absolute(0);
     counter!("strata_http_requests_total", "route" => "/health", "method" => "GET", "status" => "200").absolute(0);
     // Registering a histogram makes it render (with empty buckets) before its first observation.
@@ -170,6 +172,16 @@ pub fn query_timed(what: &str, elapsed: Duration) {
         let statement: String = what.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect();
         tracing::warn!(%statement, elapsed_ms = elapsed.as_millis() as u64, "slow query");
     }
+}
+
+/// A request shed by the in-flight body budget (503 `overloaded`).
+pub fn shed() {
+    counter!("strata_ingest_shed_total").increment(1);
+}
+
+/// Bytes of request bodies held by requests now (the in-flight budget in use).
+pub fn body_bytes_in_flight(bytes: usize) {
+    gauge!("strata_ingest_body_bytes_in_flight").set(bytes as f64);
 }
 
 /// One refused event, by its error code (a fixed set, so the label stays bounded).

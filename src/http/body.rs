@@ -1,38 +1,111 @@
 //! Reading request bodies: a byte limit applied before and after decompression (gzip and deflate
-//! accepted), then JSON parsing whatever the content type says (`navigator.sendBeacon` sends
-//! `text/plain`). Each failure is a specific 4xx.
+//! accepted), every buffer accounted against the in-flight [`Ticket`] before it is held, and a
+//! bounded prefix decoded on its own (to find a body `apiKey` before the whole body is paid for).
+//! Each failure is a specific 4xx.
 
 use std::io::Read;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
-use serde_json::Value;
 
+use super::budget::Ticket;
 use super::error::ApiError;
 
-/// Reads and parses the body as JSON, allowing at most `max_bytes` before and after decompression.
-pub async fn read_json(headers: &HeaderMap, body: Body, max_bytes: usize) -> Result<Value, ApiError> {
-    let raw = read_limited(body, max_bytes).await?;
-    let encoding =
-        headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid").trim().to_ascii_lowercase());
-    let bytes = match encoding.as_deref() {
-        None | Some("") | Some("identity") => raw,
-        Some("gzip") | Some("x-gzip") => inflate(flate2::read::GzDecoder::new(&raw[..]), max_bytes)?,
-        Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), max_bytes)?,
-        Some(other) => {
-            return Err(ApiError::new(
+/// Decompression output is produced (and accounted) in steps of this many bytes.
+const INFLATE_STEP: usize = 64 * 1024;
+
+/// How a body is encoded (`Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// As sent.
+    Identity,
+    /// gzip (RFC 1952).
+    Gzip,
+    /// zlib-wrapped deflate (RFC 1950), as HTTP's `deflate` means.
+    Deflate,
+}
+
+impl Encoding {
+    /// The request's encoding, or 415 naming the supported ones.
+    pub fn of(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+        let value =
+            headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid").trim().to_ascii_lowercase());
+        match value.as_deref() {
+            None | Some("") | Some("identity") => Ok(Encoding::Identity),
+            Some("gzip") | Some("x-gzip") => Ok(Encoding::Gzip),
+            Some("deflate") => Ok(Encoding::Deflate),
+            Some(other) => Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_encoding",
                 format!("Content-Encoding {other:?} is not supported; use gzip, deflate or identity"),
-            ))
+            )),
         }
-    };
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("invalid_json", "request body is empty; expected a JSON object"));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")))
+}
+
+/// The body as sent, at most `max_bytes`, each piece accounted in `ticket` before it is kept (a body
+/// that arrives in several pieces is accounted twice: the pieces and their joined copy).
+pub async fn read_raw(body: Body, max_bytes: usize, ticket: &mut Ticket) -> Result<bytes::Bytes, ApiError> {
+    if hyper::body::Body::size_hint(&body).lower() > max_bytes as u64 {
+        return Err(too_large(max_bytes));
+    }
+    let mut body = http_body_util::Limited::new(body, max_bytes);
+    let mut pieces: Vec<bytes::Bytes> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large(max_bytes)
+            } else {
+                ApiError::bad_request("invalid_body", format!("could not read the request body: {e}"))
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            ticket.grow(data.len())?;
+            pieces.push(data);
+        }
+    }
+    if pieces.len() <= 1 {
+        return Ok(pieces.pop().unwrap_or_default());
+    }
+    let total = pieces.iter().map(bytes::Bytes::len).sum();
+    ticket.grow(total)?;
+    let mut out = Vec::with_capacity(total);
+    for piece in pieces {
+        out.extend_from_slice(&piece);
+    }
+    Ok(out.into())
+}
+
+/// The decoded body, at most `max_bytes`; the output is accounted in `ticket` as it grows.
+pub fn decode(
+    encoding: Encoding,
+    raw: bytes::Bytes,
+    max_bytes: usize,
+    ticket: &mut Ticket,
+) -> Result<bytes::Bytes, ApiError> {
+    let out = match encoding {
+        Encoding::Identity => return Ok(raw),
+        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(&raw[..]), max_bytes, Some(ticket))?,
+        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(&raw[..]), max_bytes, Some(ticket))?,
+    };
+    Ok(out.into())
+}
+
+/// At most the first `n` bytes of the decoded body (fewer when it is shorter).
+pub fn decode_prefix(encoding: Encoding, raw: &[u8], n: usize) -> Vec<u8> {
+    let out = match encoding {
+        Encoding::Identity => return raw[..raw.len().min(n)].to_vec(),
+        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(raw), n, None),
+        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(raw), n, None),
+    };
+    // A prefix past the limit, or one that does not decode to the end, is still a prefix.
+    out.unwrap_or_else(|partial| partial.prefix)
+}
+
+/// Whether `bytes` is only whitespace (an empty body).
+pub fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
 }
 
 fn too_large(max_bytes: usize) -> ApiError {
@@ -43,24 +116,47 @@ fn too_large(max_bytes: usize) -> ApiError {
     )
 }
 
-async fn read_limited(body: Body, max_bytes: usize) -> Result<bytes::Bytes, ApiError> {
-    match http_body_util::Limited::new(body, max_bytes).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max_bytes)),
-        Err(e) => Err(ApiError::bad_request("invalid_body", format!("could not read the request body: {e}"))),
+/// A decompression that stopped early: why, and what it had produced.
+struct Partial {
+    error: ApiError,
+    prefix: Vec<u8>,
+}
+
+impl From<Partial> for ApiError {
+    fn from(p: Partial) -> ApiError {
+        p.error
     }
 }
 
-fn inflate(decoder: impl Read, max_bytes: usize) -> Result<bytes::Bytes, ApiError> {
+/// Inflates at most `max_bytes` (one byte more tells "too large" from "exactly at the limit"),
+/// accounting each step in `ticket` when given.
+fn inflate(mut decoder: impl Read, max_bytes: usize, mut ticket: Option<&mut Ticket>) -> Result<Vec<u8>, Partial> {
     let mut out = Vec::new();
-    // One byte past the limit tells "too large" from "exactly at the limit".
-    decoder.take(max_bytes as u64 + 1).read_to_end(&mut out).map_err(|e| {
-        ApiError::bad_request("invalid_encoding", format!("request body could not be decompressed: {e}"))
-    })?;
-    if out.len() > max_bytes {
-        return Err(too_large(max_bytes));
+    let mut step = vec![0u8; INFLATE_STEP.min(max_bytes + 1)];
+    loop {
+        let room = (max_bytes + 1 - out.len()).min(step.len());
+        let n = match decoder.read(&mut step[..room]) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) => {
+                let message = format!("request body could not be decompressed: {e}");
+                return Err(Partial { error: ApiError::bad_request("invalid_encoding", message), prefix: out });
+            }
+        };
+        if out.len() + n > max_bytes {
+            let keep = max_bytes - out.len();
+            out.extend_from_slice(&step[..keep]);
+            return Err(Partial { error: too_large(max_bytes), prefix: out });
+        }
+        if let Some(t) = ticket.as_deref_mut() {
+            let before = out.capacity();
+            out.reserve(n);
+            if let Err(error) = t.grow(out.capacity() - before) {
+                return Err(Partial { error, prefix: Vec::new() });
+            }
+        }
+        out.extend_from_slice(&step[..n]);
     }
-    Ok(out.into())
 }
 
 /// A response body sent as the given pieces, in order, without joining them first (a cached answer

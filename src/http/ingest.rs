@@ -1,6 +1,8 @@
 //! Ingestion routes: `POST /api/events/track` and `POST /api/events/track/batch`.
-//! Authenticate (X-API-Key header, else an `apiKey` body field for `sendBeacon`), validate each
-//! event, queue the valid ones for the group-commit writer and answer only after they committed.
+//! Authenticate (X-API-Key header before the body is read, else an `apiKey` field within the first
+//! [`KEY_PREFIX_BYTES`] of the body, for `sendBeacon`), read the body against the in-flight budget,
+//! validate each event without a JSON tree of the whole body, queue the valid ones for the
+//! group-commit writer and answer only after they committed.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,13 +14,25 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::body::read_json;
+use super::body::{decode, decode_prefix, is_blank, read_raw, Encoding};
+use super::budget::Ticket;
 use super::error::ApiError;
 use super::limits::{self, Quota};
 use super::AppState;
 use crate::auth::keys::{KeyInfo, KeyRejection};
-use crate::ingest::event::{parse_event, time_field, EventContext, EventRow};
+use crate::ingest::event::{parse_event, time_field, EventContext, EventError, EventRow};
+use crate::ingest::ua::UaParser;
+use crate::ingest::wire::{self, BodyError};
 use crate::ingest::writer::{FlushAck, FlushError};
+
+/// A body without an `X-API-Key` header must carry its `apiKey` within this many (decoded) bytes:
+/// finding it costs at most this much work, whatever the body holds after it.
+pub const KEY_PREFIX_BYTES: usize = 16 * 1024;
+/// Identity bodies up to this size are parsed on the request's task; larger or compressed ones on
+/// the blocking pool, away from the workers that answer every other request.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+/// Accounted per parsed event beyond its text (the row, its error or id in the answer).
+const ROW_BYTES: usize = 320;
 
 /// The ingestion routes with their CORS policy.
 pub fn router() -> Router<AppState> {
@@ -35,10 +49,18 @@ async fn track(
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
-    let (key, value, requests) = authenticated_body(&s, &headers, body, received_at).await?;
+    let mut ticket = s.budget.ticket();
+    let (key, raw, requests) = authenticated_body(&s, &headers, body, received_at, &mut ticket).await?;
     let quota = Quota::tighter(requests, limit_events(&s, &key, 1).await?);
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
-    let row = parse_event(&value, &ctx, &s.ua).map_err(|e| {
+    let (encoding, max, ua) = (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.ua.clone());
+    let (row, _ticket) = on_cpu(encoding, raw.len(), ticket, move |t| {
+        let body = decode(encoding, raw, max, t)?;
+        t.grow(body.len() + ROW_BYTES)?;
+        parse_single(&body, &ctx, &ua)
+    })
+    .await?;
+    let row = row.map_err(|e| {
         crate::metrics::ingest_events(0, 1, 0);
         crate::metrics::rejected(e.code);
         ApiError::bad_request(e.code, e.message)
@@ -59,16 +81,19 @@ async fn track_batch(
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
-    let (key, value, requests) = authenticated_body(&s, &headers, body, received_at).await?;
-    let events = batch_events(&value, s.cfg.batch_max_events)?;
-    let cost = u32::try_from(events.len()).unwrap_or(u32::MAX);
+    let mut ticket = s.budget.ticket();
+    let (key, raw, requests) = authenticated_body(&s, &headers, body, received_at, &mut ticket).await?;
+    let ctx = event_context(&s, &headers, peer, &key, received_at, None);
+    let (encoding, max, max_events, ua) =
+        (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.cfg.batch_max_events, s.ua.clone());
+    let (parsed, _ticket) = on_cpu(encoding, raw.len(), ticket, move |t| {
+        let body = decode(encoding, raw, max, t)?;
+        parse_batch(&body, ctx, &ua, max_events, t)
+    })
+    .await?;
+    let Parsed { rows, errors, total } = parsed;
+    let cost = u32::try_from(total).unwrap_or(u32::MAX);
     let quota = Quota::tighter(requests, limit_events(&s, &key, cost).await?);
-    let sent_at = match value.get("sentAt").or_else(|| value.get("sent_at")).filter(|v| !v.is_null()) {
-        Some(v) => Some(time_field("sentAt", v).map_err(|e| ApiError::bad_request(e.code, e.message))?),
-        None => None,
-    };
-    let ctx = event_context(&s, &headers, peer, &key, received_at, sent_at);
-    let (rows, errors) = parse_all(&s, events, &ctx);
     if rows.is_empty() {
         crate::metrics::ingest_events(0, errors.len(), 0);
         return Err(ApiError::bad_request("no_valid_events", "no event in the batch is valid")
@@ -86,36 +111,121 @@ async fn track_batch(
     Ok((status, rate_headers(quota), Json(json!({"success": true, "message": message, "data": data}))))
 }
 
-/// Authenticates by header before reading the body (cheap refusal), else by the body's `apiKey`;
-/// then takes one request of the key's `STRATA_INGEST_RATE_LIMIT`.
+/// Runs `work` with the request's ticket: on the request's task for a small identity body, else on
+/// the blocking pool. The ticket comes back to be held until the answer is sent.
+async fn on_cpu<T: Send + 'static>(
+    encoding: Encoding,
+    raw_len: usize,
+    mut ticket: Ticket,
+    work: impl FnOnce(&mut Ticket) -> Result<T, ApiError> + Send + 'static,
+) -> Result<(T, Ticket), ApiError> {
+    if encoding == Encoding::Identity && raw_len <= INLINE_PARSE_BYTES {
+        return work(&mut ticket).map(|out| (out, ticket));
+    }
+    tokio::task::spawn_blocking(move || work(&mut ticket).map(|out| (out, ticket))).await.map_err(ApiError::internal)?
+}
+
+/// Authenticates by header before reading the body (cheap refusal), else by an `apiKey` field in
+/// the body's first [`KEY_PREFIX_BYTES`]; then takes one request of the key's
+/// `STRATA_INGEST_RATE_LIMIT`. Returns the body as sent (the budget accounts it).
 async fn authenticated_body(
     s: &AppState,
     headers: &HeaderMap,
     body: Body,
     now: DateTime<Utc>,
-) -> Result<(KeyInfo, Value, Option<Quota>), ApiError> {
+    ticket: &mut Ticket,
+) -> Result<(KeyInfo, bytes::Bytes, Option<Quota>), ApiError> {
+    let encoding = Encoding::of(headers)?;
     let header_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or(""));
-    let early = match header_key {
-        Some(k) => {
-            let key = authenticate(s, Some(k), now).await?;
-            let quota = limit_requests(s, &key).await?;
-            Some((key, quota))
-        }
-        None => None,
-    };
-    let value = read_json(headers, body, s.cfg.body_max_bytes).await?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request("invalid_body", "request body must be a JSON object"));
+    if let Some(k) = header_key {
+        let key = authenticate(s, Some(k), now).await?;
+        let quota = limit_requests(s, &key).await?;
+        let raw = read_raw(body, s.cfg.body_max_bytes, ticket).await?;
+        return Ok((key, raw, quota));
     }
-    let (key, quota) = match early {
-        Some(k) => k,
-        None => {
-            let key = authenticate(s, value.get("apiKey").and_then(Value::as_str), now).await?;
-            let quota = limit_requests(s, &key).await?;
-            (key, quota)
+    let raw = read_raw(body, s.cfg.body_max_bytes, ticket).await?;
+    let prefix = decode_prefix(encoding, &raw, KEY_PREFIX_BYTES);
+    if is_blank(&prefix) {
+        return Err(ApiError::bad_request("invalid_json", "request body is empty; expected a JSON object"));
+    }
+    let found = wire::find_api_key(&prefix);
+    let key = authenticate(s, found.as_deref(), now).await.map_err(|e| match found {
+        None => ApiError::unauthorized(
+            "missing_api_key",
+            format!(
+                "API key required: send it in the X-API-Key header, or as an apiKey string field within the \
+                 first {KEY_PREFIX_BYTES} bytes of the JSON body"
+            ),
+        ),
+        Some(_) => e,
+    })?;
+    let quota = limit_requests(s, &key).await?;
+    Ok((key, raw, quota))
+}
+
+/// A single-event body as one row, or the event's refusal.
+fn parse_single(body: &[u8], ctx: &EventContext, ua: &UaParser) -> Result<Result<EventRow, EventError>, ApiError> {
+    let fields = wire::event_fields(body).map_err(body_error(body))?;
+    Ok(fields.into_value(ctx.metadata_max_bytes).and_then(|v| parse_event(&v, ctx, ua)))
+}
+
+/// A batch body's valid rows, its per-event refusals and how many events it holds.
+struct Parsed {
+    rows: Vec<EventRow>,
+    errors: Vec<Value>,
+    total: usize,
+}
+
+fn parse_batch(
+    body: &[u8],
+    mut ctx: EventContext,
+    ua: &UaParser,
+    max: usize,
+    t: &mut Ticket,
+) -> Result<Parsed, ApiError> {
+    let batch = wire::read_batch(body, max).map_err(body_error(body))?;
+    let invalid = || ApiError::bad_request("invalid_batch", "body must be an object with an \"events\" array");
+    if batch.events_not_array {
+        return Err(invalid());
+    }
+    let (events, total) = batch.events.ok_or_else(invalid)?;
+    if total == 0 {
+        return Err(ApiError::bad_request("empty_batch", "events must contain at least one event"));
+    }
+    if total > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("a batch holds at most {max} events; this one has {total}"),
+        ));
+    }
+    t.grow(body.len() + total * ROW_BYTES)?;
+    if let Some(v) = &batch.sent_at {
+        ctx.sent_at = Some(time_field("sentAt", v).map_err(|e| ApiError::bad_request(e.code, e.message))?);
+    }
+    let mut rows = Vec::with_capacity(events.len());
+    let mut errors = Vec::new();
+    for (index, raw) in events.iter().enumerate() {
+        let parsed =
+            wire::event_value(raw.get().as_bytes(), ctx.metadata_max_bytes).and_then(|v| parse_event(&v, &ctx, ua));
+        match parsed {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                crate::metrics::rejected(e.code);
+                errors.push(json!({"index": index, "code": e.code, "message": e.message}));
+            }
         }
-    };
-    Ok((key, value, quota))
+    }
+    Ok(Parsed { rows, errors, total })
+}
+
+/// The 400 of a body that is not a JSON object.
+fn body_error(body: &[u8]) -> impl FnOnce(BodyError) -> ApiError + '_ {
+    move |e| match e {
+        _ if is_blank(body) => ApiError::bad_request("invalid_json", "request body is empty; expected a JSON object"),
+        BodyError::NotAnObject => ApiError::bad_request("invalid_body", "request body must be a JSON object"),
+        BodyError::Invalid(e) => ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")),
+    }
 }
 
 /// One request of the key's `STRATA_INGEST_RATE_LIMIT`, or the 429.
@@ -149,39 +259,6 @@ async fn authenticate(s: &AppState, key: Option<&str>, now: DateTime<Utc>) -> Re
         };
         ApiError::unauthorized(code, r.to_string())
     })
-}
-
-fn batch_events(value: &Value, max: usize) -> Result<&Vec<Value>, ApiError> {
-    let events = value
-        .get("events")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request("invalid_batch", "body must be an object with an \"events\" array"))?;
-    if events.is_empty() {
-        return Err(ApiError::bad_request("empty_batch", "events must contain at least one event"));
-    }
-    if events.len() > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_events",
-            format!("a batch holds at most {max} events; this one has {}", events.len()),
-        ));
-    }
-    Ok(events)
-}
-
-fn parse_all(s: &AppState, events: &[Value], ctx: &EventContext) -> (Vec<EventRow>, Vec<Value>) {
-    let mut rows = Vec::with_capacity(events.len());
-    let mut errors = Vec::new();
-    for (index, ev) in events.iter().enumerate() {
-        match parse_event(ev, ctx, &s.ua) {
-            Ok(row) => rows.push(row),
-            Err(e) => {
-                crate::metrics::rejected(e.code);
-                errors.push(json!({"index": index, "code": e.code, "message": e.message}));
-            }
-        }
-    }
-    (rows, errors)
 }
 
 fn event_context(
@@ -249,12 +326,15 @@ async fn commit(s: &AppState, rows: Vec<EventRow>) -> Result<FlushAck, ApiError>
             // A connection lost during COMMIT leaves the outcome unknown: not "nothing was stored".
             "the database is unavailable; the events are not acknowledged: retry with the same eventIds",
         )),
-        Ok(Err(FlushError::Rejected(detail))) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "storage_rejected",
-            format!("the database refused these {n} events; nothing was stored"),
-        )
-        .with_details(json!({ "reason": detail }))),
+        Ok(Err(FlushError::Rejected(detail))) => {
+            // The database's words stay in the log: they name tables and constraints.
+            tracing::warn!(%detail, events = n, "the database refused a flush");
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "storage_rejected",
+                format!("the database refused these {n} events; nothing was stored"),
+            ))
+        }
         Err(_) => Err(ApiError::unavailable("shutting_down", "the server is shutting down; retry")),
     }
 }

@@ -26,6 +26,7 @@ async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Result<impl In
         }
     }
     crate::metrics::sample(s.queue.depth(), s.cfg.ingest_queue_capacity, s.pool.status());
+    crate::metrics::body_bytes_in_flight(s.budget.in_use());
     let body = crate::metrics::handle().render();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body))
 }

@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod admin;
 pub mod analytics;
 pub mod body;
+pub mod budget;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -74,6 +75,8 @@ pub struct SharedState {
     pub accept_window: chrono::Duration,
     /// Rate limiters (auth per IP, ingestion per API key, analytics per token).
     pub limits: crate::auth::ratelimit::Limits,
+    /// The in-flight budget of ingestion bodies (`STRATA_INGEST_MEMORY_BYTES`).
+    pub budget: budget::Budget,
 }
 
 /// Lifetime of an authorisation answer in [`AppState::authz`].

@@ -55,7 +55,7 @@ pub struct EventError {
 }
 
 impl EventError {
-    fn new(code: &'static str, message: impl Into<String>) -> EventError {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> EventError {
         EventError { code, message: message.into() }
     }
 }
