@@ -72,13 +72,24 @@ END
 $$;
 
 -- Normalised emails of existing owners; of those equal after normalisation, the oldest holds it.
-WITH normalised AS (
-    SELECT id, normalize(lower(normalize(btrim(email), NFC)), NFC) AS norm, created_at FROM owners
-     WHERE NOT bootstrap
-), ranked AS (
-    SELECT id, norm, row_number() OVER (PARTITION BY norm ORDER BY created_at, id) AS n FROM normalised
-)
-UPDATE owners o SET email_norm = r.norm FROM ranked r WHERE o.id = r.id AND r.n = 1;
+-- lower() under the database's collation lowercases only ASCII in the C locale (the embedded
+-- cluster's), while the server lowercases every script: the ICU root collation does too, so it is
+-- used when the server has ICU (PostgreSQL's packages do).
+DO $$
+DECLARE
+    coll text := CASE WHEN EXISTS (SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu')
+                      THEN 'und-x-icu' ELSE 'default' END;
+BEGIN
+    EXECUTE format(
+        'WITH normalised AS (
+             SELECT id, normalize(lower(normalize(btrim(email), NFC) COLLATE %I), NFC) AS norm, created_at
+               FROM owners WHERE NOT bootstrap
+         ), ranked AS (
+             SELECT id, norm, row_number() OVER (PARTITION BY norm ORDER BY created_at, id) AS n FROM normalised
+         )
+         UPDATE owners o SET email_norm = r.norm FROM ranked r WHERE o.id = r.id AND r.n = 1', coll);
+END
+$$;
 
 -- The bootstrap owner cannot log in: no email to log in with, no password to check.
 ALTER TABLE owners ADD CONSTRAINT owners_bootstrap_has_no_login
