@@ -1,12 +1,18 @@
 //! Owners, apps and API keys in storage: creation, listing, revocation. Used by the CLI and by the
 //! management API (`http::accounts`), whose owner-scoped functions take the caller's owner id and
-//! treat another owner's rows as missing. Apps created without an owner belong to the bootstrap owner.
+//! treat another owner's rows as missing. Apps created without an owner belong to the bootstrap owner
+//! (`owners`), which no login can reach. Emails are normalised in `email`.
 
 use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::auth::keys;
+
+pub mod email;
+mod owners;
+
+pub use owners::{bootstrap_owner, create_owner, owner_for_login, owner_session, report_repairs, revoke_token, Owner};
 
 /// Storage failures of account management.
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +29,16 @@ pub enum AccountError {
     /// A name was empty or too long.
     #[error("{0}")]
     Invalid(String),
+    /// An email of the wrong shape, or with control or invisible formatting characters.
+    #[error("{0}")]
+    InvalidEmail(String),
+    /// The key is revoked, so it cannot be regenerated (that would bring a revoked key back to life).
+    #[error("API key {0} is revoked")]
+    KeyRevoked(Uuid),
     /// Registration with an email that already has an owner.
     #[error("an account with this email already exists")]
     EmailTaken,
 }
-
-/// The email of the owner that CLI-created apps belong to; it cannot log in (no password).
-pub const BOOTSTRAP_OWNER_EMAIL: &str = "bootstrap@strata.invalid";
 
 /// A stored app.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -66,21 +75,12 @@ pub struct CreatedKey {
 
 const NAME_MAX_CHARS: usize = 200;
 
-fn check_name(what: &str, name: &str) -> Result<String, AccountError> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<String, AccountError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > NAME_MAX_CHARS || name.contains('\0') {
         return Err(AccountError::Invalid(format!("{what} must be 1 to {NAME_MAX_CHARS} characters without NUL")));
     }
     Ok(name.to_string())
-}
-
-/// The bootstrap owner's id, created on first use.
-pub async fn bootstrap_owner(client: &Client) -> Result<Uuid, AccountError> {
-    const INSERT: &str = "INSERT INTO owners (id, email, name, role) VALUES ($1, $2, 'Bootstrap owner', 'admin') \
-         ON CONFLICT (lower(email)) DO NOTHING";
-    const SELECT: &str = "SELECT id FROM owners WHERE lower(email) = lower($1)";
-    client.execute(INSERT, &[&Uuid::new_v4(), &BOOTSTRAP_OWNER_EMAIL]).await?;
-    Ok(client.query_one(SELECT, &[&BOOTSTRAP_OWNER_EMAIL]).await?.get(0))
 }
 
 /// Creates an app owned by `owner` (the bootstrap owner when `None`).
@@ -127,92 +127,6 @@ pub async fn revoke_key(client: &Client, key_id: Uuid) -> Result<(), AccountErro
         0 => Err(AccountError::KeyNotFound(key_id)),
         _ => Ok(()),
     }
-}
-
-/// A stored owner, as `/api/auth/me` shows it (never the password hash).
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Owner {
-    /// Id (the token's `sub`).
-    pub id: Uuid,
-    /// Login email, as registered.
-    pub email: String,
-    /// Display name.
-    pub name: String,
-    /// `owner` or `admin` (admins may also call the DBA endpoints).
-    pub role: String,
-    /// Registration time.
-    pub created_at: DateTime<Utc>,
-}
-
-const EMAIL_MAX_CHARS: usize = 254;
-
-/// A trimmed email of plausible shape (`local@domain`, no spaces), or `Invalid`.
-pub fn check_email(email: &str) -> Result<String, AccountError> {
-    let email = email.trim();
-    let plausible = email.chars().count() <= EMAIL_MAX_CHARS
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
-    if !plausible {
-        return Err(AccountError::Invalid("email must look like name@domain".into()));
-    }
-    Ok(email.to_string())
-}
-
-fn owner_from(r: &tokio_postgres::Row) -> Owner {
-    Owner { id: r.get(0), email: r.get(1), name: r.get(2), role: r.get(3), created_at: r.get(4) }
-}
-
-const OWNER_COLUMNS: &str = "id, email, name, role, created_at";
-
-/// Creates an owner with an already hashed password; `EmailTaken` when the email (any case) exists.
-pub async fn create_owner(
-    client: &Client,
-    email: &str,
-    name: &str,
-    password_hash: &str,
-    admin: bool,
-) -> Result<Owner, AccountError> {
-    let sql = format!(
-        "INSERT INTO owners (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (lower(email)) DO NOTHING RETURNING {OWNER_COLUMNS}"
-    );
-    let email = check_email(email)?;
-    let name = check_name("name", name)?;
-    let role = if admin { "admin" } else { "owner" };
-    let row = client.query_opt(&sql, &[&Uuid::new_v4(), &email, &name, &password_hash, &role]).await?;
-    row.map(|r| owner_from(&r)).ok_or(AccountError::EmailTaken)
-}
-
-/// The owner with `email` (any case) and its password hash (`None` for the bootstrap owner).
-pub async fn owner_for_login(client: &Client, email: &str) -> Result<Option<(Owner, Option<String>)>, AccountError> {
-    let sql = format!("SELECT {OWNER_COLUMNS}, password_hash FROM owners WHERE lower(email) = lower($1)");
-    let row = client.query_opt(&sql, &[&email.trim()]).await?;
-    Ok(row.map(|r| (owner_from(&r), r.get(5))))
-}
-
-/// The owner `id` if the token `jti` it presents has not been revoked (logout); `None` otherwise.
-pub async fn owner_session(client: &Client, id: Uuid, jti: Uuid) -> Result<Option<Owner>, AccountError> {
-    let sql = format!(
-        "SELECT {OWNER_COLUMNS} FROM owners WHERE id = $1 \
-         AND NOT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $2)"
-    );
-    Ok(client.query_opt(&sql, &[&id, &jti]).await?.map(|r| owner_from(&r)))
-}
-
-/// Revokes the token `jti` of `owner` until `expires_at`, and forgets revocations already expired.
-pub async fn revoke_token(
-    client: &Client,
-    owner: Uuid,
-    jti: Uuid,
-    expires_at: DateTime<Utc>,
-) -> Result<(), AccountError> {
-    const INSERT: &str =
-        "INSERT INTO revoked_tokens (jti, owner_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (jti) DO NOTHING";
-    const PRUNE: &str = "DELETE FROM revoked_tokens WHERE expires_at < now()";
-    client.execute(INSERT, &[&jti, &owner, &expires_at]).await?;
-    client.execute(PRUNE, &[]).await?;
-    Ok(())
 }
 
 /// One page of a list: `limit` rows from `offset`.
@@ -360,19 +274,26 @@ pub async fn revoke_owned_key(
     row.map(|r| r.get(0)).ok_or(AccountError::KeyNotFound(id))
 }
 
-/// Revokes `owner`'s key `id` and creates its replacement (same app, name and expiry instant) in one
-/// transaction; returns the new key and the old key's hash for cache eviction.
+/// Revokes `owner`'s active key `id` and creates its replacement (same app, name and expiry instant)
+/// in one transaction; returns the new key and the old key's hash for cache eviction. A key already
+/// revoked is `KeyRevoked` and nothing is minted: only the transaction that revokes the key makes its
+/// replacement, so concurrent calls mint one key at most.
 pub async fn regenerate_key(
     client: &mut Client,
     secret: &[u8],
     owner: Uuid,
     id: Uuid,
 ) -> Result<(CreatedKey, Vec<u8>), AccountError> {
+    const REVOKE_ACTIVE: &str = "UPDATE api_keys k SET status = 'revoked', revoked_at = now() \
+         FROM apps a WHERE k.id = $1 AND k.status = 'active' AND a.id = k.app_id AND a.owner_id = $2 \
+         AND a.deleted_at IS NULL RETURNING k.key_hash";
     const INSERT: &str = "INSERT INTO api_keys (id, app_id, name, key_hash, key_prefix, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at";
     let old = owned_key(client, owner, id).await?;
     let tx = client.transaction().await?;
-    let old_hash = revoke_owned_key(&tx, owner, id).await?;
+    let Some(revoked) = tx.query_opt(REVOKE_ACTIVE, &[&id, &owner]).await? else {
+        return Err(AccountError::KeyRevoked(id));
+    };
     let key = keys::generate(secret);
     let new_id = Uuid::new_v4();
     let row = tx.query_one(INSERT, &[&new_id, &old.app_id, &old.name, &key.hash, &key.prefix, &old.expires_at]).await?;
@@ -386,5 +307,5 @@ pub async fn regenerate_key(
         expires_at: old.expires_at,
         created_at: row.get(0),
     };
-    Ok((created, old_hash))
+    Ok((created, revoked.get(0)))
 }

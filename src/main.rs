@@ -52,7 +52,8 @@ enum AppsCommand {
         /// Display name.
         #[arg(long)]
         name: String,
-        /// Email of the owning owner (default: the bootstrap owner, which cannot log in).
+        /// Email of an existing owner that will own the app (default: the bootstrap owner, which has
+        /// no email and no password, so no login reaches its apps).
         #[arg(long)]
         owner: Option<String>,
     },

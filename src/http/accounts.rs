@@ -127,7 +127,7 @@ async fn register(s: AppState, body: Body<RegisterIn>) -> Answer {
         return Err(invalid("password", msg));
     }
     // Validated before the (costly) hash, so bad requests cost no hashing.
-    store::check_email(&b.email).map_err(account_error)?;
+    store::email::Email::parse(&b.email).map_err(account_error)?;
     let hash = password::hash(b.password).await.map_err(ApiError::internal)?;
     let owner = store::create_owner(&**db(&s).await?, &b.email, &b.name, &hash, false).await.map_err(account_error)?;
     let (token, _) = tokens::issue(&s.secrets.jwt_secret, owner.id, &owner.email, Utc::now(), s.cfg.token_ttl);
@@ -334,6 +334,12 @@ pub fn account_error(e: AccountError) -> ApiError {
         AccountError::AppNotFound(_) => app_not_found(),
         AccountError::KeyNotFound(_) => key_not_found(),
         AccountError::Invalid(m) => ApiError::bad_request("invalid_parameter", m),
+        AccountError::InvalidEmail(m) => invalid("email", m),
+        AccountError::KeyRevoked(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "key_revoked",
+            "this API key is revoked and cannot be regenerated; create a new key instead",
+        ),
         AccountError::EmailTaken => {
             ApiError::new(StatusCode::CONFLICT, "email_taken", "an account with this email already exists")
         }
