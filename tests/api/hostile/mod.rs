@@ -6,6 +6,7 @@
 
 mod bodies;
 mod headers;
+mod memory;
 mod params;
 
 use std::time::Duration;
