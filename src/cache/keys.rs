@@ -6,16 +6,22 @@
 //! "now" (the defaults) would give a new key every request, so ranges ending within the last
 //! freshness period are rounded down to a multiple of it: two such requests share an answer whose
 //! end differs by less than the freshness bound.
+//!
+//! A user's activity is personal data: its key holds no user id but `user|{HMAC}`, a keyed hash of
+//! the app and the id ([`UserKeySecret`], derived from the server's key secret), and it is
+//! [`QueryKey::personal`]: one erasable copy per app and user ([`super::l2`]), never in L1 beside Redis.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::query::params::Filter;
 
 /// Version of the key format and of the stored answer; bump it when either changes.
-pub const KEY_VERSION: &str = "v2";
+pub const KEY_VERSION: &str = "v3";
 
 /// How long an answer may live in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +41,37 @@ pub struct QueryKey {
     pub text: String,
     /// The answer's lifetime class.
     pub class: TtlClass,
+    /// The answer holds one end user's personal data (see [`QueryKey::user`]).
+    pub personal: bool,
+}
+
+/// The key of the keyed hash naming users in cache keys: HMAC-SHA256 of a fixed label under the
+/// server's API-key secret (`STRATA_KEY_SECRET`, shared by every instance), so the hashes differ
+/// between deployments and cannot be recomputed from a user id without that secret.
+#[derive(Clone)]
+pub struct UserKeySecret([u8; 32]);
+
+impl UserKeySecret {
+    /// Derives it from the server's key secret.
+    pub fn derive(key_secret: &[u8]) -> UserKeySecret {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key_secret).expect("HMAC takes keys of any length");
+        mac.update(b"strata cache user id v1");
+        UserKeySecret(mac.finalize().into_bytes().into())
+    }
+
+    /// The hash of `user_id` in `app` (hex): different apps give unrelated hashes.
+    fn hash(&self, app: Uuid, user_id: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(app.as_bytes());
+        mac.update(user_id.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+impl std::fmt::Debug for UserKeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserKeySecret(..)")
+    }
 }
 
 impl QueryKey {
@@ -62,12 +99,13 @@ impl QueryKey {
             interval.unwrap_or("-"),
             filter.tz.name(),
         );
-        QueryKey { app, text, class }
+        QueryKey { app, text, class, personal: false }
     }
 
-    /// The key of one user's activity in `app` (all time, so always [`TtlClass::Recent`]).
-    pub fn user(app: Uuid, user_id: &str) -> QueryKey {
-        QueryKey { app, text: format!("user|{}", escape(user_id)), class: TtlClass::Recent }
+    /// The key of one user's activity in `app` (all time, so always [`TtlClass::Recent`]): named by
+    /// the keyed hash of the id, never the id itself.
+    pub fn user(app: Uuid, user_id: &str, secret: &UserKeySecret) -> QueryKey {
+        QueryKey { app, text: format!("user|{}", secret.hash(app, user_id)), class: TtlClass::Recent, personal: true }
     }
 
     /// The in-process key: the app's local generation is part of it, so a bump makes old entries
@@ -79,6 +117,12 @@ impl QueryKey {
     /// The Redis key under generation `gen` (an opaque string read from Redis).
     pub fn l2_key(&self, prefix: &str, gen: &str) -> String {
         format!("{prefix}{KEY_VERSION}:{}:{gen}:{}", self.app, self.text)
+    }
+
+    /// The Redis key of a personal answer: one per app and user, whatever the generation (which is
+    /// stored in the value), so an erasure can delete it.
+    pub fn personal_l2_key(&self, prefix: &str) -> String {
+        format!("{prefix}{KEY_VERSION}:{}:{}", self.app, self.text)
     }
 }
 
@@ -124,6 +168,20 @@ mod tests {
         );
         assert_eq!(k.class, TtlClass::Closed);
         assert_eq!(k.text, "summary|a%7Cb|1790812800000|1793491200000|-|UTC");
-        assert_eq!(k.l2_key("p:", "7"), format!("p:v2:{}:7:{}", Uuid::nil(), k.text));
+        assert_eq!(k.l2_key("p:", "7"), format!("p:v3:{}:7:{}", Uuid::nil(), k.text));
+    }
+
+    #[test]
+    fn user_keys_hold_a_keyed_hash_per_app_never_the_id() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let secret = UserKeySecret::derive(b"secret");
+        let k = QueryKey::user(a, "alice@example.com", &secret);
+        assert!(k.personal);
+        assert_eq!(k.text.len(), "user|".len() + 64);
+        assert!(!k.personal_l2_key("p:").contains("alice"));
+        assert_eq!(k, QueryKey::user(a, "alice@example.com", &secret));
+        assert_ne!(k.text, QueryKey::user(b, "alice@example.com", &secret).text);
+        assert_ne!(k.text, QueryKey::user(a, "alice@example.com", &UserKeySecret::derive(b"other")).text);
+        assert_eq!(k.personal_l2_key("p:"), format!("p:v3:{a}:{}", k.text));
     }
 }

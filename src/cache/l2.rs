@@ -7,8 +7,12 @@
 //! - `{prefix}gen:{app}`: the app's generation, an integer. When LRU evicted it, the next reader
 //!   sets a random 62-bit epoch (`SET NX`), so entries stored under older generations stay
 //!   unreachable: a missing counter never brings old answers back.
-//! - `{prefix}v2:{app}:{gen}:{query}`: an answer (`{source}\n{data JSON}`, see [`super::Cached`]),
+//! - `{prefix}v3:{app}:{gen}:{query}`: an answer (`{source}\n{data JSON}`, see [`super::Cached`]),
 //!   with the TTL of its class.
+//! - `{prefix}v3:{app}:user|{hmac}`: one user's activity ([`QueryKey::personal`]), one key per app
+//!   and user whatever the generation: `{gen}\n{source}\n{data JSON}`, answered only while `{gen}`
+//!   is the app's generation, stored only if it still is, deleted by an erasure in the same script
+//!   that bumps the generation ([`L2::bump`]). The user id is in neither key nor value.
 //! - `{prefix}bus`: the pub/sub channel of invalidations ([`super::bus`]).
 //! - `{prefix}warm:apps` and `{prefix}warm:q:{app}`: what cache warming remembers (sorted sets of the
 //!   recently active apps by last request time, and of each app's queries by request count).
@@ -33,12 +37,26 @@ const LOOKUP: &str = "local g = redis.call('GET', KEYS[1]) \
     if not g then redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4]) g = redis.call('GET', KEYS[1]) end \
     return {g, redis.call('GET', ARGV[2] .. g .. ARGV[3])}";
 
+/// Like [`LOOKUP`] for a personal answer: KEYS[1] = generation key, KEYS[2] = answer key; ARGV =
+/// epoch, generation lifetime (s). The answer counts only when stored under the current generation.
+const LOOKUP_PERSONAL: &str = "local g = redis.call('GET', KEYS[1]) \
+    if not g then redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) g = redis.call('GET', KEYS[1]) end \
+    local v = redis.call('GET', KEYS[2]) \
+    if v and string.sub(v, 1, #g + 1) == g .. '\\n' then return {g, string.sub(v, #g + 2)} end \
+    return {g}";
+
+/// Stores a personal answer only while its generation is current (an erasure in between bumped it):
+/// KEYS[1] = generation key, KEYS[2] = answer key; ARGV = generation, answer, TTL (s).
+const STORE_PERSONAL: &str = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
+    redis.call('SET', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2], 'EX', ARGV[3]) return 1";
+
 /// Bumps the app's generation (a fresh epoch when missing: `INCR` would restart at 1 and could
-/// revive old entries) and publishes the invalidation. KEYS[1] = generation key; ARGV = epoch,
-/// channel, message, generation lifetime (s).
+/// revive old entries), deletes KEYS[2..] (an erased user's answers) and publishes the invalidation.
+/// KEYS[1] = generation key; ARGV = epoch, channel, message, generation lifetime (s).
 const BUMP: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) \
     else redis.call('INCR', KEYS[1]) end \
     redis.call('EXPIRE', KEYS[1], ARGV[4]) \
+    for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end \
     return redis.call('PUBLISH', ARGV[2], ARGV[3])";
 
 /// Retries of one command inside the connection manager: the request's timeout bounds them anyway.
@@ -158,10 +176,15 @@ impl L2 {
 
     /// Like [`L2::lookup`], waiting up to `limit`.
     pub async fn lookup_within(&self, key: &QueryKey, limit: Duration) -> Result<Lookup, L2Error> {
-        let full = key.l2_key(&self.prefix, "\u{0}");
-        let (head, tail) = full.split_once('\u{0}').ok_or(L2Error::Reply)?;
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(LOOKUP).arg(1).arg(self.gen_key(key.app)).arg(epoch()).arg(head).arg(tail).arg(self.gen_ttl_secs());
+        if key.personal {
+            cmd.arg(LOOKUP_PERSONAL).arg(2).arg(self.gen_key(key.app)).arg(key.personal_l2_key(&self.prefix));
+            cmd.arg(epoch()).arg(self.gen_ttl_secs());
+        } else {
+            let full = key.l2_key(&self.prefix, "\u{0}");
+            let (head, tail) = full.split_once('\u{0}').ok_or(L2Error::Reply)?;
+            cmd.arg(LOOKUP).arg(1).arg(self.gen_key(key.app)).arg(epoch()).arg(head).arg(tail).arg(self.gen_ttl_secs());
+        }
         let mut parts: Vec<Vec<u8>> = self.run_within(&cmd, limit).await?;
         if parts.is_empty() || parts.len() > 2 {
             return Err(L2Error::Reply);
@@ -171,23 +194,28 @@ impl L2 {
         Ok(Lookup { gen, value })
     }
 
-    /// Stores `value` for `key` under `gen` for `ttl`.
+    /// Stores `value` for `key` under `gen` for `ttl` (a personal answer only while `gen` is current).
     pub async fn store(&self, key: &QueryKey, gen: &str, value: &[u8], ttl: Duration) -> Result<(), L2Error> {
+        if key.personal {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(STORE_PERSONAL).arg(2).arg(self.gen_key(key.app)).arg(key.personal_l2_key(&self.prefix));
+            cmd.arg(gen).arg(value).arg(ttl.as_secs().max(1));
+            return self.run_within::<i64>(&cmd, BACKGROUND_TIMEOUT).await.map(drop);
+        }
         let mut cmd = redis::cmd("SET");
         cmd.arg(key.l2_key(&self.prefix, gen)).arg(value).arg("EX").arg(ttl.as_secs().max(1));
         self.run_within::<()>(&cmd, BACKGROUND_TIMEOUT).await
     }
 
-    /// Bumps `app`'s generation and publishes `message` on the bus.
-    pub async fn bump(&self, app: Uuid, message: &str) -> Result<(), L2Error> {
+    /// Bumps `app`'s generation, deletes the personal answers `purge` (keys of `app`) and publishes
+    /// `message` on the bus, in one script.
+    pub async fn bump(&self, app: Uuid, purge: &[QueryKey], message: &str) -> Result<(), L2Error> {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(BUMP)
-            .arg(1)
-            .arg(self.gen_key(app))
-            .arg(epoch())
-            .arg(self.channel())
-            .arg(message)
-            .arg(self.gen_ttl_secs());
+        cmd.arg(BUMP).arg(1 + purge.len()).arg(self.gen_key(app));
+        for key in purge {
+            cmd.arg(key.personal_l2_key(&self.prefix));
+        }
+        cmd.arg(epoch()).arg(self.channel()).arg(message).arg(self.gen_ttl_secs());
         self.run_within::<i64>(&cmd, BACKGROUND_TIMEOUT).await.map(|_| ())
     }
 

@@ -24,15 +24,24 @@
 //! generation (evicted by LRU) restarts at a random epoch, never at an old value. No key is ever
 //! scanned.
 //!
+//! # Personal answers and erasure
+//! A user's activity ([`QueryKey::personal`]) is kept in one place an erasure reaches before it
+//! answers: in Redis when there is one (never in L1 then, so no instance can serve a copy the
+//! erasure missed), under a keyed hash of the id, one key per app and user; in L1 only without
+//! Redis. [`Cache::forget`] bumps the app's generations (local at once; Redis awaited, with the
+//! user's key deleted in the same script, and retried like any bump when Redis fails) and tells the
+//! other instances, whose aggregated answers of the app then drop like after a commit.
+//!
 //! Authorisation runs in the handlers before any lookup; keys are built from validated, normalised
 //! queries ([`keys`]).
 
 pub mod bus;
+mod cached;
 pub mod keys;
 pub mod l2;
 pub mod warm;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -47,6 +56,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::query::{QueryError, Source};
+pub use cached::Cached;
 pub use keys::{QueryKey, TtlClass};
 use l2::L2;
 pub use warm::Recipe;
@@ -71,51 +81,6 @@ impl Tier {
             Tier::L2 => "l2",
             Tier::Miss => "miss",
         }
-    }
-}
-
-/// A cached answer: the response's `data`, serialised, and `meta.source`. In Redis it is stored as
-/// `{source}\n{data}`.
-#[derive(Debug, Clone)]
-pub struct Cached {
-    /// The response's `data` as JSON text, put into the response as is.
-    pub data: Bytes,
-    /// `meta.source`.
-    pub source: Source,
-    /// Where this copy came from when it entered L1.
-    origin: Tier,
-}
-
-impl Cached {
-    /// The Redis form.
-    fn encode(&self) -> Vec<u8> {
-        let source = self.source.as_str().as_bytes();
-        let mut out = Vec::with_capacity(source.len() + 1 + self.data.len());
-        out.extend_from_slice(source);
-        out.push(b'\n');
-        out.extend_from_slice(&self.data);
-        out
-    }
-
-    /// From the Redis form (the data is shared, not copied); None when malformed.
-    fn decode(stored: Bytes, origin: Tier) -> Option<Cached> {
-        let cut = stored.iter().take(16).position(|&b| b == b'\n')?;
-        let source = match &stored[..cut] {
-            b"rollup" => Source::Rollup,
-            b"raw" => Source::Raw,
-            b"mixed" => Source::Mixed,
-            _ => return None,
-        };
-        let data = stored.slice(cut + 1..);
-        if data.is_empty() {
-            return None;
-        }
-        Some(Cached { data, source, origin })
-    }
-
-    /// The L1 weight: the bytes it holds, plus a little for the entry itself.
-    fn weight(&self) -> u32 {
-        u32::try_from(self.data.len() + 64).unwrap_or(u32::MAX)
     }
 }
 
@@ -163,9 +128,10 @@ pub struct Inner {
     metrics: Counters,
     /// True while the bus subscription is live.
     bus_connected: AtomicBool,
-    /// Apps whose Redis generation bump failed: retried by [`retry_bumps_loop`] until Redis takes
-    /// them, so a lost bump cannot leave old L2 answers reachable for their whole TTL.
-    pending_bumps: Mutex<HashSet<Uuid>>,
+    /// Apps whose Redis generation bump failed, with the personal answers to delete with it:
+    /// retried by [`retry_bumps_loop`] until Redis takes them, so a lost bump cannot leave old L2
+    /// answers reachable for their whole TTL.
+    pending_bumps: Mutex<HashMap<Uuid, Vec<QueryKey>>>,
     /// Called with the hash of each API key another instance revoked (set once at start-up).
     key_revoked: std::sync::OnceLock<KeyRevokedHook>,
 }
@@ -215,7 +181,7 @@ impl Cache {
             l2_lookups: AtomicU64::new(0),
             metrics: Counters::register(),
             bus_connected: AtomicBool::new(false),
-            pending_bumps: Mutex::new(HashSet::new()),
+            pending_bumps: Mutex::new(HashMap::new()),
             key_revoked: std::sync::OnceLock::new(),
         });
         gauge!("strata_cache_l1_weighted_bytes").set(0.0);
@@ -262,7 +228,7 @@ impl Cache {
         Fut: Future<Output = Result<(Value, Source), QueryError>>,
     {
         let hit = self.inner.get(key, compute).await?;
-        if self.inner.l1.is_some() {
+        if self.inner.l1_for(key).is_some() {
             let m = &self.inner.metrics;
             if hit.tier == Tier::L1 { &m.l1_hit } else { &m.l1_miss }.increment(1);
         }
@@ -338,7 +304,18 @@ impl Cache {
             return;
         }
         // In the background: the writer never waits for Redis.
-        tokio::spawn(self.inner.clone().bump_remote(changed));
+        tokio::spawn(self.inner.clone().bump_remote(changed.into_iter().map(|app| (app, Vec::new())).collect()));
+    }
+
+    /// After an erasure: invalidates the app of `personal` like a commit and deletes that user's
+    /// answer from Redis, waiting for Redis (up to 1 s; on failure both are retried in the
+    /// background). When it returns, no tier of any instance sharing the Redis answers the old
+    /// activity; without Redis, other instances' L1 copies live at most F.
+    pub async fn forget(&self, personal: &QueryKey) {
+        self.inner.bump_local(personal.app);
+        if self.inner.l2.is_some() {
+            self.inner.clone().bump_remote(vec![(personal.app, vec![personal.clone()])]).await;
+        }
     }
 }
 
@@ -351,16 +328,22 @@ impl Inner {
         *self.gens.lock().expect("gens lock").entry(app).or_insert(0) += 1;
     }
 
-    /// Bumps the Redis generations of `apps` and tells the other instances; failures are retried.
-    async fn bump_remote(self: Arc<Self>, apps: Vec<Uuid>) {
+    /// Bumps the Redis generations of `apps` (deleting the personal answers listed with each) and
+    /// tells the other instances; failures are retried.
+    async fn bump_remote(self: Arc<Self>, apps: Vec<(Uuid, Vec<QueryKey>)>) {
         let Some(l2) = &self.l2 else { return };
-        for app in apps {
-            if let Err(e) = l2.bump(app, &bus::generation_message(app, self.instance)).await {
+        for (app, purge) in apps {
+            if let Err(e) = l2.bump(app, &purge, &bus::generation_message(app, self.instance)).await {
                 counter!("strata_redis_errors_total").increment(1);
                 tracing::debug!(error = %e, %app, "could not bump the app's cache generation; will retry");
-                self.pending_bumps.lock().expect("pending lock").insert(app);
+                self.pending_bumps.lock().expect("pending lock").entry(app).or_default().extend(purge);
             }
         }
+    }
+
+    /// L1 for `key`: none for personal answers when Redis is the place that holds them.
+    fn l1_for(&self, key: &QueryKey) -> Option<&moka::future::Cache<String, Arc<Cached>>> {
+        self.l1.as_ref().filter(|_| !(key.personal && self.l2.is_some()))
     }
 
     fn l1_clear(&self) {
@@ -391,7 +374,7 @@ impl Inner {
         Fut: Future<Output = Result<(Value, Source), QueryError>>,
     {
         let l1_key = key.l1_key(self.local_gen(key.app));
-        if let Some(l1) = &self.l1 {
+        if let Some(l1) = self.l1_for(key) {
             if let Some(value) = l1.get(&l1_key).await {
                 return Ok(Hit { value, tier: Tier::L1 });
             }
@@ -413,7 +396,7 @@ impl Inner {
         drop(boarding);
         let value = result?;
         // A waiter was answered in process (as if from L1) when there is an L1, else by the leader's tier.
-        let tier = led.unwrap_or(if self.l1.is_some() { Tier::L1 } else { value.origin });
+        let tier = led.unwrap_or(if self.l1_for(key).is_some() { Tier::L1 } else { value.origin });
         Ok(Hit { value, tier })
     }
 
@@ -429,7 +412,7 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Value, Source), QueryError>>,
     {
-        let Some(l1) = &self.l1 else {
+        let Some(l1) = self.l1_for(key) else {
             let value = self.fill(key, compute).await.map_err(Arc::new)?;
             return Ok((value.clone(), value.origin));
         };
@@ -574,7 +557,7 @@ async fn retry_bumps_loop(cache: Weak<Inner>, stop: CancellationToken) {
             _ = tokio::time::sleep(BUMP_RETRY_DELAY) => {}
         }
         let Some(inner) = cache.upgrade() else { return };
-        let apps: Vec<Uuid> = inner.pending_bumps.lock().expect("pending lock").drain().collect();
+        let apps: Vec<(Uuid, Vec<QueryKey>)> = inner.pending_bumps.lock().expect("pending lock").drain().collect();
         if !apps.is_empty() {
             inner.bump_remote(apps).await;
         }
@@ -589,22 +572,5 @@ async fn warn_unless_lru(l2: L2) {
         }
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "could not read Redis maxmemory-policy"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_redis_form_round_trips_and_malformed_values_are_misses() {
-        let c = Cached { data: Bytes::from_static(br#"[{"a":1}]"#), source: Source::Mixed, origin: Tier::Miss };
-        let stored = Bytes::from(c.encode());
-        assert_eq!(&stored[..], &b"mixed\n[{\"a\":1}]"[..]);
-        let back = Cached::decode(stored, Tier::L2).unwrap();
-        assert_eq!((&back.data[..], back.source, back.origin), (&c.data[..], Source::Mixed, Tier::L2));
-        for bad in [&b"mixed"[..], b"mixed\n", b"sideways\n[]", b"{\"data\":[],\"source\":\"raw\"}"] {
-            assert!(Cached::decode(Bytes::copy_from_slice(bad), Tier::L2).is_none(), "{bad:?}");
-        }
     }
 }

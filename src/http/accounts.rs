@@ -363,8 +363,9 @@ fn invalid(parameter: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_parameter", message).with_details(json!({"parameter": parameter}))
 }
 
+/// 413 over the body limit, else 400 (the one mapping, [`ApiError::from`]).
 fn bad_body(e: JsonRejection) -> ApiError {
-    ApiError::bad_request("invalid_body", e.body_text())
+    ApiError::from(e)
 }
 
 /// A path id; ids that are not UUIDs are missing ids (404), never a 500.

@@ -24,6 +24,7 @@ use super::body::Chunks;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::bearer::{bearer_token, token_matches};
+use crate::cache::keys::UserKeySecret;
 use crate::cache::{Hit, QueryKey, Recipe, Tier};
 use crate::query::apps::{find_app, live_app_ids, AppInfo};
 use crate::query::buckets::label;
@@ -135,24 +136,36 @@ async fn user(
         // Not remembered for warming: the records (kept in Redis) would hold user ids.
         let app = authorize_app(&s, &caller, app_id).await?.id;
         let hit = user_hit(&s, app, user_id).await?;
-        return answer(hit.value.data.clone(), hit.value.source, hit.tier, Meta::default(), false);
+        let data = with_user(&hit.value.data, user_id)?;
+        return answer(data, hit.value.source, hit.tier, Meta::default(), false);
     }
     let apps = readable_apps(&s, &caller).await?;
     let u = users::user_activity(&reader(&s), &apps, user_id).await?;
-    answer(to_bytes(&user_data(&u, user_id)), u.source, Tier::Miss, Meta::default(), false)
+    answer(with_user(&to_bytes(&user_data(&u)), user_id)?, u.source, Tier::Miss, Meta::default(), false)
+}
+
+/// The cache key of `user_id`'s activity in `app`: a keyed hash of the id, never the id.
+pub fn user_key(s: &AppState, app: Uuid, user_id: &str) -> QueryKey {
+    QueryKey::user(app, user_id, &UserKeySecret::derive(&s.secrets.key_secret))
 }
 
 async fn user_hit(s: &AppState, app: Uuid, user_id: &str) -> Looked {
-    let key = QueryKey::user(app, user_id);
+    let key = user_key(s, app, user_id);
     let apps = [app];
     let compute = || async {
         let u = users::user_activity(&reader(s), &apps, user_id).await?;
-        Ok((user_data(&u, user_id), u.source))
+        Ok((user_data(&u), u.source))
     };
     s.cache.get_or_compute(&key, compute).await
 }
 
-fn user_data(u: &users::UserActivity, user_id: &str) -> Value {
+/// A user's `data` object with `userId` put back first: cached answers are stored without it.
+fn with_user(data: &[u8], user_id: &str) -> Result<Vec<u8>, ApiError> {
+    with_first(data, "userId", &user_id)
+}
+
+/// A user's activity without the user's id (see [`with_user`]).
+fn user_data(u: &users::UserActivity) -> Value {
     let [device, browser, os] = &u.primary;
     let recent: Vec<Value> = u
         .recent
@@ -165,7 +178,6 @@ fn user_data(u: &users::UserActivity, user_id: &str) -> Value {
         })
         .collect();
     json!({
-        "userId": user_id,
         "summary": {"totalEvents": u.total_events, "uniqueEventTypes": u.unique_event_types,
                     "totalSessions": u.total_sessions, "firstSeen": u.first_seen.map(instant),
                     "lastSeen": u.last_seen.map(instant), "primaryDevice": device, "primaryBrowser": browser,
@@ -211,16 +223,23 @@ async fn overview_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) 
 fn with_app(data: &[u8], app: &AppInfo) -> Result<Vec<u8>, ApiError> {
     let app_json = json!({"id": app.id, "name": app.name, "createdAt": instant(app.created_at),
                           "created_at": instant(app.created_at)});
+    with_first(data, "app", &app_json)
+}
+
+/// The serialised JSON object `data` with `name: value` added first, without parsing it.
+fn with_first(data: &[u8], name: &str, value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(data.len() + 192);
-    out.extend_from_slice(b"{\"app\":");
-    serde_json::to_writer(&mut out, &app_json).map_err(ApiError::internal)?;
+    out.push(b'{');
+    serde_json::to_writer(&mut out, name).map_err(ApiError::internal)?;
+    out.push(b':');
+    serde_json::to_writer(&mut out, value).map_err(ApiError::internal)?;
     match data.strip_prefix(b"{") {
         Some(rest) if rest.starts_with(b"}") => out.extend_from_slice(rest),
         Some(rest) => {
             out.push(b',');
             out.extend_from_slice(rest);
         }
-        None => return Err(ApiError::internal("a cached overview is not a JSON object")),
+        None => return Err(ApiError::internal(format!("a cached answer is not a JSON object (adding {name})"))),
     }
     Ok(out)
 }

@@ -2,6 +2,7 @@
 //! `{"success": false, "error": {"code", "message", "details"}}` with a stable code; 5xx bodies hide
 //! internals while the cause is logged.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -68,6 +69,21 @@ impl ApiError {
     /// 404 for unknown routes.
     pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+}
+
+/// A JSON body that could not be used: 413 `payload_too_large` when it is over the route's limit
+/// (axum's `DefaultBodyLimit`, whatever its `Content-Encoding`), else 400 `invalid_body`.
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> ApiError {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is larger than this route accepts",
+            );
+        }
+        ApiError::bad_request("invalid_body", e.body_text())
     }
 }
 

@@ -36,7 +36,8 @@ pub async fn erase_user(
         ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
     })?;
     let deleted = crate::privacy::erase_user(&mut client, app.id, &user_id).await.map_err(ApiError::internal)?;
-    s.cache.invalidate_apps([app.id]);
+    // Every tier drops the user's answer before the erasure is acknowledged (see `Cache::forget`).
+    s.cache.forget(&super::analytics::user_key(&s, app.id, &user_id)).await;
     Ok(Json(json!({"success": true, "data": {"appId": app.id, "userId": user_id, "deletedEvents": deleted}})))
 }
 

@@ -5,6 +5,12 @@
 //! Dates: `YYYY-MM-DD` is read in `tz` (`startDate` from that day's first instant, `endDate` through
 //! that whole day); an RFC 3339 instant is used as is (`endDate` exclusive). Names follow the
 //! original API in camelCase; the snake_case spellings of its docs are accepted too.
+//!
+//! A range whose start is after its end is refused (400 naming `startDate`), however small the
+//! difference: with an instant `endDate`, a start later than it (by one millisecond too); with a
+//! date `endDate`, a start on a later day, i.e. at or after the next day's first instant (the
+//! exclusive end it is read as). Equal values are a range: two equal dates are that one day, two
+//! equal instants an empty range.
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use chrono_tz::Tz;
@@ -108,7 +114,10 @@ impl Filter {
             return Err(ParamError::new("eventType", "eventType must not contain NUL characters"));
         }
         let start = p.get("startDate", "start_date")?.map(|v| parse_bound("startDate", v, tz, false)).transpose()?;
-        let end = p.get("endDate", "end_date")?.map(|v| parse_bound("endDate", v, tz, true)).transpose()?;
+        let end_value = p.get("endDate", "end_date")?;
+        let end = end_value.map(|v| parse_bound("endDate", v, tz, true)).transpose()?;
+        // A date end stands for its whole day: a start at its exclusive end lies on a later day.
+        let end_is_date = end_value.is_some_and(|v| v.len() == 10);
         let (earliest, latest) = (instant(EARLIEST_SECS), instant(LATEST_SECS));
         let range = match (default, start, end) {
             (_, Some(s), Some(e)) => Span { start: s, end: e },
@@ -118,7 +127,7 @@ impl Filter {
             }
             (RangeDefault::AllTime, s, e) => Span { start: s.unwrap_or(earliest), end: e.unwrap_or(latest) },
         };
-        if range.start > range.end {
+        if range.start > range.end || (end_is_date && range.start == range.end) {
             return Err(ParamError::new("startDate", "startDate is after endDate"));
         }
         Ok(Filter { range, tz, event_type })
@@ -251,6 +260,29 @@ mod tests {
         let f = Filter::parse(&p, now(), RangeDefault::LastDays).unwrap();
         assert_eq!(f.range.start, "2026-10-31T18:30:00Z".parse::<DateTime<Utc>>().unwrap());
         assert_eq!(f.range.end, "2026-11-01T18:30:00Z".parse::<DateTime<Utc>>().unwrap());
+    }
+
+    #[test]
+    fn a_start_after_the_end_is_refused_however_small_the_difference() {
+        let range = |s: &str, e: &str| {
+            Filter::parse(&params(&[("startDate", s), ("endDate", e)]), now(), RangeDefault::LastDays)
+        };
+        for (s, e) in [
+            ("2026-11-02", "2026-11-01"),
+            ("2026-11-01T00:00:00.001Z", "2026-11-01T00:00:00Z"),
+            ("2026-11-02T00:00:00Z", "2026-11-01"),
+            ("2026-11-02", "2026-11-01T23:59:59.999Z"),
+        ] {
+            assert_eq!(range(s, e).unwrap_err().parameter, "startDate", "{s} .. {e}");
+        }
+        let ok = |s: &str, e: &str| range(s, e).unwrap().range;
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+        let day = ok("2026-11-01", "2026-11-01");
+        assert_eq!((day.start, day.end), (at("2026-11-01T00:00:00Z"), at("2026-11-02T00:00:00Z")));
+        let empty = ok("2026-11-01T10:00:00Z", "2026-11-01T10:00:00Z");
+        assert_eq!((empty.start, empty.end), (at("2026-11-01T10:00:00Z"), at("2026-11-01T10:00:00Z")));
+        let late_start = ok("2026-11-01T23:59:59.999Z", "2026-11-01");
+        assert_eq!((late_start.start, late_start.end), (at("2026-11-01T23:59:59.999Z"), at("2026-11-02T00:00:00Z")));
     }
 
     #[test]

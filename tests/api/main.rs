@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod openapi;
+mod oversized;
 mod owners;
 mod partitions;
 mod privacy;

@@ -260,3 +260,44 @@ async fn the_bucket_cap_follows_the_configuration() {
     assert_eq!(over.body["error"]["details"]["parameter"], "interval");
     assert_eq!(over.body["error"]["message"], "the range holds more than 48 hour buckets");
 }
+
+/// `startDate` after `endDate` is a 400 however small the difference; equal values are a range (two
+/// equal dates the whole day, two equal instants an empty range). A date `endDate` stands for its
+/// whole day: a start on a later day (its next midnight included) is after it.
+#[tokio::test]
+async fn a_start_after_the_end_is_a_400_however_small_the_difference_and_equal_values_are_a_range() {
+    let app = spawn_app().await;
+    let day = (Utc::now() - Duration::days(3)).date_naive();
+    let noon = day.and_hms_opt(12, 0, 0).unwrap().and_utc();
+    post_events(&app, &app.api_key, &[event("click", noon, Some("u".into()), None, None)]).await;
+    let (d, next) = (day.to_string(), day.succ_opt().unwrap().to_string());
+    let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (noon_s, noon_1ms) = (at(noon), at(noon + Duration::milliseconds(1)));
+    let next_midnight = at(day.succ_opt().unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc());
+    let last_ms = at(day.succ_opt().unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc() - Duration::milliseconds(1));
+
+    for (start, end) in [(&next, &d), (&noon_1ms, &noon_s), (&next_midnight, &d), (&next, &last_ms)] {
+        for path in ["/api/analytics/events/timeline", "/api/analytics/events/summary"] {
+            let q = [("appId", app.app_id.to_string()), ("startDate", start.clone()), ("endDate", end.clone())];
+            let r = get(&app, path, &q).await;
+            assert_eq!(r.status, 400, "{path} {start} .. {end}: {}", r.body);
+            assert_eq!(r.body["error"]["code"], "invalid_parameter");
+            assert_eq!(r.body["error"]["details"], json!({"parameter": "startDate"}), "{start} .. {end}");
+        }
+        let q = [("startDate", start.clone()), ("endDate", end.clone())];
+        let r = get(&app, &format!("/api/analytics/apps/{}/overview", app.app_id), &q).await;
+        assert_eq!((r.status, &r.body["error"]["details"]), (400, &json!({"parameter": "startDate"})));
+    }
+    let one_day = timeline(&app, &[("startDate", &d), ("endDate", &d), ("interval", "day")]).await;
+    assert_eq!(counts(&one_day), [1]);
+    assert_eq!(
+        one_day["meta"]["range"],
+        json!({"start": format!("{d}T00:00:00Z"), "end": format!("{next}T00:00:00Z")})
+    );
+    let empty = timeline(&app, &[("startDate", &noon_s), ("endDate", &noon_s), ("interval", "hour")]).await;
+    assert_eq!(empty["data"], json!([]));
+    let last_instant = timeline(&app, &[("startDate", &last_ms), ("endDate", &d), ("interval", "day")]).await;
+    assert_eq!(counts(&last_instant), [0]);
+    let from_noon = timeline(&app, &[("startDate", &noon_s), ("endDate", &d), ("interval", "day")]).await;
+    assert_eq!(counts(&from_noon), [1]);
+}
