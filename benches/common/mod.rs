@@ -290,7 +290,9 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) async fn start(db_url: &str, extra_env: &[(&str, &str)]) -> Result<Server> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        // Another build (e.g. the previous commit's) can be measured the same way.
+        let bin = std::env::var("STRATA_BENCH_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env("DATABASE_URL", db_url)
             .env("STRATA_LISTEN", "127.0.0.1:0")

@@ -130,7 +130,9 @@ impl MakeRequestId for RandomRequestId {
 /// Every log line of a request carries its id, method and path.
 fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+    // The route template, never the path: paths hold user ids (`/api/analytics/users/{userId}`).
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
+    tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route)
 }
 
 /// The edge of every routed request, as one middleware (each `from_fn` layer clones everything it
