@@ -9,7 +9,8 @@
 //! - `junk-single`: the same on the single-event route;
 //! - `keyless-bomb`: gzip, no key at all, millions of values (the key would be looked for in the body);
 //! - `plain-bomb`: the `[],` body uncompressed, valid key;
-//! - `json-route`: `/api/auth/register` with the largest body axum accepts, millions of values.
+//! - `json-route`: `/api/auth/register` with the largest body a JSON route accepts, all `[],`.
+//!
 //! Meanwhile one client asks `/health` every 10 ms. It prints the answers by status, peak RSS (VmRSS
 //! sampled every 50 ms and the kernel's VmHWM), `/health` p50/p95/p99 during the attack against the idle
 //! baseline, and RSS every 5 s for 30 s after the attack, against the issue's bounds (peak <= 300 MB,
@@ -28,8 +29,8 @@ use common::*;
 
 /// The server's body limit (its default), which every shape stays inside.
 const BODY_MAX: usize = 5 * 1024 * 1024;
-/// axum's default limit for JSON routes.
-const JSON_ROUTE_MAX: usize = 2 * 1024 * 1024;
+/// The limit of JSON routes (`strata::http::JSON_BODY_MAX_BYTES`).
+const JSON_ROUTE_MAX: usize = strata::http::JSON_BODY_MAX_BYTES;
 
 fn main() -> std::process::ExitCode {
     run_bench(bench())
@@ -104,8 +105,12 @@ fn shapes() -> Vec<Shape> {
             path: "/api/auth/register",
             keyed: false,
             gzip: false,
-            body: bomb(r#"{"email":"a@b.example","name":"n","password":"pw-123456","junk":["#, "]}", JSON_ROUTE_MAX - 64)
-                .into_bytes(),
+            body: bomb(
+                r#"{"email":"a@b.example","name":"n","password":"pw-123456","junk":["#,
+                "]}",
+                JSON_ROUTE_MAX - 64,
+            )
+            .into_bytes(),
         },
     ]
 }
@@ -126,7 +131,10 @@ async fn run(url: &str, clients: usize, attack: Duration) -> Result<()> {
     let app = strata::accounts::create_app(&db, "hostile", None).await?;
     let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "hostile", None).await?;
     let shapes = Arc::new(shapes());
-    println!("bodies: {}", shapes.iter().map(|s| format!("{} {} B", s.name, s.body.len())).collect::<Vec<_>>().join(", "));
+    println!(
+        "bodies: {}",
+        shapes.iter().map(|s| format!("{} {} B", s.name, s.body.len())).collect::<Vec<_>>().join(", ")
+    );
 
     let server = Server::start(url, &[]).await?;
     let base = format!("http://{}", server.addr);

@@ -102,6 +102,8 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(openapi::router())
         .fallback(error::fallback)
+        // JSON routes (accounts, apps, keys, admin) take small bodies; ingestion reads its own.
+        .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(move |req, next| edge(slow, deadline, req, next)))
         // Outside the routes and the deadline, so preflights and error answers carry CORS headers too.
@@ -111,6 +113,10 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RandomRequestId))
         .with_state(state)
 }
+
+/// Largest body of a JSON route (accounts, apps, keys, admin): their bodies are a few fields.
+/// Ingestion bodies have their own limit, `STRATA_BODY_MAX_BYTES`.
+pub const JSON_BODY_MAX_BYTES: usize = 64 * 1024;
 
 /// Header carrying the request id (taken from the client when sent, generated otherwise).
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{reply, spawn_app_with, TestApp};
 
-/// Over ingestion's limit (set to 1 MiB here) and the JSON routes' (axum's 2 MiB), also gzipped:
+/// Over ingestion's limit (set to 1 MiB here) and the JSON routes' (64 KiB), also gzipped:
 /// random base64-like text compresses to about three quarters.
 const BODY_BYTES: usize = 4 * 1024 * 1024;
 
