@@ -11,7 +11,7 @@
 //! - `plain-bomb`: the `[],` body uncompressed, valid key;
 //! - `json-route`: `/api/auth/register` with the largest body a JSON route accepts, all `[],`.
 //!
-//! Meanwhile one client asks `/health` every 10 ms. It prints the answers by status, peak RSS (VmRSS
+//! `STRATA_HOSTILE_SHAPES` (comma-separated names) runs only those. Meanwhile one client asks `/health` every 10 ms. It prints the answers by status, peak RSS (VmRSS
 //! sampled every 50 ms and the kernel's VmHWM), `/health` p50/p95/p99 during the attack against the idle
 //! baseline, and RSS every 5 s for 30 s after the attack, against the bounds (peak <= 300 MB,
 //! p99 <= 50 ms, RSS back within 2x of before).
@@ -130,7 +130,12 @@ async fn run(url: &str, clients: usize, attack: Duration) -> Result<()> {
     let db = strata::db::connect(url).await?;
     let app = strata::accounts::create_app(&db, "hostile", None).await?;
     let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "hostile", None).await?;
-    let shapes = Arc::new(shapes());
+    // STRATA_HOSTILE_SHAPES (comma-separated names) runs only those shapes.
+    let only = std::env::var("STRATA_HOSTILE_SHAPES").ok();
+    let shapes: Vec<Shape> =
+        shapes().into_iter().filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == s.name))).collect();
+    anyhow::ensure!(!shapes.is_empty(), "STRATA_HOSTILE_SHAPES names no shape");
+    let shapes = Arc::new(shapes);
     println!(
         "bodies: {}",
         shapes.iter().map(|s| format!("{} {} B", s.name, s.body.len())).collect::<Vec<_>>().join(", ")
@@ -187,7 +192,15 @@ async fn run(url: &str, clients: usize, attack: Duration) -> Result<()> {
             }
         }));
     }
-    let during = health_latencies(&http, &base, attack).await;
+    // The prober has its own thread and runtime: the attackers' tasks never delay its requests.
+    let prober = {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async { health_latencies(&reqwest::Client::new(), &base, attack).await })
+        })
+    };
+    let during = tokio::task::spawn_blocking(move || prober.join().expect("prober")).await?;
     for t in tasks {
         t.await?;
     }

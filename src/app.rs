@@ -86,7 +86,7 @@ impl Application {
         let ua = tokio::task::spawn_blocking(UaParser::new).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let accept_window = chrono::Duration::from_std(cfg.accept_window).context("STRATA_ACCEPT_WINDOW")?;
-        let budget = http::budget::Budget::new(cfg.ingest_memory_bytes);
+        let budget = http::budget::Budget::new(cfg.ingest_memory_bytes, http::budget::Budget::cpu());
         let state = AppState::new(http::SharedState {
             budget,
             cfg: Arc::new(cfg),

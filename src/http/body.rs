@@ -44,14 +44,52 @@ impl Encoding {
     }
 }
 
-/// The body as sent, at most `max_bytes`, each piece accounted in `ticket` before it is kept (a body
-/// that arrives in several pieces is accounted twice: the pieces and their joined copy).
-pub async fn read_raw(body: Body, max_bytes: usize, ticket: &mut Ticket) -> Result<bytes::Bytes, ApiError> {
+/// A body as received: hyper's pieces, not joined (joining is a large allocation, made only on a
+/// decoding thread; see [`super::budget`]).
+#[derive(Default)]
+pub struct Raw {
+    pieces: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+impl Raw {
+    /// Bytes received.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces as one reader.
+    fn reader(&self) -> impl Read + '_ {
+        self.pieces.iter().fold(Box::new(std::io::empty()) as Box<dyn Read>, |r, p| Box::new(r.chain(&p[..])))
+    }
+
+    /// The pieces as one buffer: the only piece as it is, else a copy accounted in `ticket`.
+    fn join(self, ticket: &mut Ticket) -> Result<bytes::Bytes, ApiError> {
+        let mut pieces = self.pieces;
+        if pieces.len() <= 1 {
+            return Ok(pieces.pop().unwrap_or_default());
+        }
+        ticket.grow(self.len)?;
+        let mut out = Vec::with_capacity(self.len);
+        for piece in pieces {
+            out.extend_from_slice(&piece);
+        }
+        Ok(out.into())
+    }
+}
+
+/// The body as sent, at most `max_bytes`, each piece accounted in `ticket` before it is kept.
+pub async fn read_raw(body: Body, max_bytes: usize, ticket: &mut Ticket) -> Result<Raw, ApiError> {
     if hyper::body::Body::size_hint(&body).lower() > max_bytes as u64 {
         return Err(too_large(max_bytes));
     }
     let mut body = http_body_util::Limited::new(body, max_bytes);
-    let mut pieces: Vec<bytes::Bytes> = Vec::new();
+    let mut raw = Raw::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
@@ -62,42 +100,33 @@ pub async fn read_raw(body: Body, max_bytes: usize, ticket: &mut Ticket) -> Resu
         })?;
         if let Ok(data) = frame.into_data() {
             ticket.grow(data.len())?;
-            pieces.push(data);
+            raw.len += data.len();
+            raw.pieces.push(data);
         }
     }
-    if pieces.len() <= 1 {
-        return Ok(pieces.pop().unwrap_or_default());
-    }
-    let total = pieces.iter().map(bytes::Bytes::len).sum();
-    ticket.grow(total)?;
-    let mut out = Vec::with_capacity(total);
-    for piece in pieces {
-        out.extend_from_slice(&piece);
-    }
-    Ok(out.into())
+    Ok(raw)
 }
 
 /// The decoded body, at most `max_bytes`; the output is accounted in `ticket` as it grows.
-pub fn decode(
-    encoding: Encoding,
-    raw: bytes::Bytes,
-    max_bytes: usize,
-    ticket: &mut Ticket,
-) -> Result<bytes::Bytes, ApiError> {
+pub fn decode(encoding: Encoding, raw: Raw, max_bytes: usize, ticket: &mut Ticket) -> Result<bytes::Bytes, ApiError> {
     let out = match encoding {
-        Encoding::Identity => return Ok(raw),
-        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(&raw[..]), max_bytes, Some(ticket))?,
-        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(&raw[..]), max_bytes, Some(ticket))?,
+        Encoding::Identity => return raw.join(ticket),
+        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(raw.reader()), max_bytes, Some(ticket))?,
+        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(raw.reader()), max_bytes, Some(ticket))?,
     };
     Ok(out.into())
 }
 
 /// At most the first `n` bytes of the decoded body (fewer when it is shorter).
-pub fn decode_prefix(encoding: Encoding, raw: &[u8], n: usize) -> Vec<u8> {
+pub fn decode_prefix(encoding: Encoding, raw: &Raw, n: usize) -> Vec<u8> {
     let out = match encoding {
-        Encoding::Identity => return raw[..raw.len().min(n)].to_vec(),
-        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(raw), n, None),
-        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(raw), n, None),
+        Encoding::Identity => {
+            let mut prefix = Vec::with_capacity(n.min(raw.len));
+            let _ = raw.reader().take(n as u64).read_to_end(&mut prefix);
+            return prefix;
+        }
+        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(raw.reader()), n, None),
+        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(raw.reader()), n, None),
     };
     // A prefix past the limit, or one that does not decode to the end, is still a prefix.
     out.unwrap_or_else(|partial| partial.prefix)

@@ -4,8 +4,14 @@
 //! ticket gives everything back when the request ends. A request that would take the server past
 //! the budget is shed at once with 503 `overloaded` and `Retry-After`, so memory is bounded by
 //! configuration whatever the clients send, and nothing waits on memory while holding some.
+//!
+//! Large and compressed bodies are decoded and parsed on the blocking pool, at most [`Budget::cpu`]
+//! at a time (one per two cores, at least one): the workers that answer every other request keep
+//! the rest of the machine, and only those few threads ever hold a large buffer (an allocator keeps
+//! freed memory per thread, so many threads touching large buffers would keep many of them).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -14,18 +20,35 @@ use super::error::ApiError;
 /// Bytes per permit: fine enough for small bodies, coarse enough for a large budget in a `u32`.
 const UNIT: usize = 1024;
 
+/// How long a large body waits for a decoding slot before it is shed.
+const CPU_WAIT: Duration = Duration::from_secs(2);
+
 /// The server-wide budget.
 #[derive(Clone)]
 pub struct Budget {
     sem: Arc<Semaphore>,
     bytes: usize,
+    cpu: Arc<Semaphore>,
 }
 
 impl Budget {
-    /// A budget of `bytes`.
-    pub fn new(bytes: usize) -> Budget {
+    /// A budget of `bytes`, decoding large bodies on at most `cpu` threads at once.
+    pub fn new(bytes: usize, cpu: usize) -> Budget {
         let units = bytes.div_ceil(UNIT).min(Semaphore::MAX_PERMITS);
-        Budget { sem: Arc::new(Semaphore::new(units)), bytes }
+        Budget { sem: Arc::new(Semaphore::new(units)), bytes, cpu: Arc::new(Semaphore::new(cpu.max(1))) }
+    }
+
+    /// Decoding threads for this machine: one per two cores, at least one.
+    pub fn cpu() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    }
+
+    /// A slot to decode one large body in, waiting at most [`CPU_WAIT`], else 503 `overloaded`.
+    pub async fn cpu_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        match tokio::time::timeout(CPU_WAIT, self.cpu.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(overloaded(self.bytes)),
+        }
     }
 
     /// An empty ticket for one request.
@@ -90,7 +113,7 @@ mod tests {
 
     #[test]
     fn tickets_share_the_budget_and_give_it_back_when_dropped() {
-        let budget = Budget::new(10 * UNIT);
+        let budget = Budget::new(10 * UNIT, 1);
         let mut a = budget.ticket();
         a.grow(1).unwrap();
         a.grow(UNIT - 1).unwrap();
@@ -111,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_request_larger_than_the_whole_budget_is_refused_without_holding_any() {
-        let budget = Budget::new(4 * UNIT);
+        let budget = Budget::new(4 * UNIT, 1);
         let mut t = budget.ticket();
         assert_eq!(t.grow(4 * UNIT + 1).unwrap_err().code, "overloaded");
         assert_eq!(budget.in_use(), 0);

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::body::{decode, decode_prefix, is_blank, read_raw, Encoding};
+use super::body::{decode, decode_prefix, is_blank, read_raw, Encoding, Raw};
 use super::budget::Ticket;
 use super::error::ApiError;
 use super::limits::{self, Quota};
@@ -54,7 +54,7 @@ async fn track(
     let quota = Quota::tighter(requests, limit_events(&s, &key, 1).await?);
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
     let (encoding, max, ua) = (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.ua.clone());
-    let (row, _ticket) = on_cpu(encoding, raw.len(), ticket, move |t| {
+    let (row, _ticket) = on_cpu(&s, encoding, raw.len(), ticket, move |t| {
         let body = decode(encoding, raw, max, t)?;
         t.grow(body.len() + ROW_BYTES)?;
         parse_single(&body, &ctx, &ua)
@@ -86,7 +86,7 @@ async fn track_batch(
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
     let (encoding, max, max_events, ua) =
         (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.cfg.batch_max_events, s.ua.clone());
-    let (parsed, _ticket) = on_cpu(encoding, raw.len(), ticket, move |t| {
+    let (parsed, _ticket) = on_cpu(&s, encoding, raw.len(), ticket, move |t| {
         let body = decode(encoding, raw, max, t)?;
         parse_batch(&body, ctx, &ua, max_events, t)
     })
@@ -112,8 +112,9 @@ async fn track_batch(
 }
 
 /// Runs `work` with the request's ticket: on the request's task for a small identity body, else on
-/// the blocking pool. The ticket comes back to be held until the answer is sent.
+/// the blocking pool in one of the budget's decoding slots. The ticket comes back to be held until the answer is sent.
 async fn on_cpu<T: Send + 'static>(
+    s: &AppState,
     encoding: Encoding,
     raw_len: usize,
     mut ticket: Ticket,
@@ -122,7 +123,13 @@ async fn on_cpu<T: Send + 'static>(
     if encoding == Encoding::Identity && raw_len <= INLINE_PARSE_BYTES {
         return work(&mut ticket).map(|out| (out, ticket));
     }
-    tokio::task::spawn_blocking(move || work(&mut ticket).map(|out| (out, ticket))).await.map_err(ApiError::internal)?
+    let slot = s.budget.cpu_slot().await?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work(&mut ticket).map(|out| (out, ticket))
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// Authenticates by header before reading the body (cheap refusal), else by an `apiKey` field in
@@ -134,7 +141,7 @@ async fn authenticated_body(
     body: Body,
     now: DateTime<Utc>,
     ticket: &mut Ticket,
-) -> Result<(KeyInfo, bytes::Bytes, Option<Quota>), ApiError> {
+) -> Result<(KeyInfo, Raw, Option<Quota>), ApiError> {
     let encoding = Encoding::of(headers)?;
     let header_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or(""));
     if let Some(k) = header_key {
