@@ -127,7 +127,9 @@ impl MakeRequestId for RandomRequestId {
 /// Every log line of a request carries its id, method and path.
 fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+    // The method as labelled in the metrics: a made-up method may be 60 KB long.
+    let method = crate::metrics::method_label(req.method());
+    tracing::info_span!("request", request_id = %id, method, path = %req.uri().path())
 }
 
 /// The edge of every routed request, as one middleware (each `from_fn` layer clones everything it
