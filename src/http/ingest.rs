@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::body::read_json;
+use super::client::client_ip;
 use super::error::ApiError;
 use super::limits::{self, Quota};
 use super::AppState;
@@ -35,7 +36,7 @@ async fn track(
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
-    let (key, value, requests) = authenticated_body(&s, &headers, body, received_at).await?;
+    let (key, value, requests) = authenticated_body(&s, &headers, peer, body, received_at).await?;
     let quota = Quota::tighter(requests, limit_events(&s, &key, 1).await?);
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
     let row = parse_event(&value, &ctx, &s.ua).map_err(|e| {
@@ -59,7 +60,7 @@ async fn track_batch(
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
-    let (key, value, requests) = authenticated_body(&s, &headers, body, received_at).await?;
+    let (key, value, requests) = authenticated_body(&s, &headers, peer, body, received_at).await?;
     let events = batch_events(&value, s.cfg.batch_max_events)?;
     let cost = u32::try_from(events.len()).unwrap_or(u32::MAX);
     let quota = Quota::tighter(requests, limit_events(&s, &key, cost).await?);
@@ -91,13 +92,15 @@ async fn track_batch(
 async fn authenticated_body(
     s: &AppState,
     headers: &HeaderMap,
+    peer: SocketAddr,
     body: Body,
     now: DateTime<Utc>,
 ) -> Result<(KeyInfo, Value, Option<Quota>), ApiError> {
+    let client = client_ip(s, headers, peer);
     let header_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or(""));
     let early = match header_key {
         Some(k) => {
-            let key = authenticate(s, Some(k), now).await?;
+            let key = authenticate(s, client, Some(k), now).await?;
             let quota = limit_requests(s, &key).await?;
             Some((key, quota))
         }
@@ -110,7 +113,7 @@ async fn authenticated_body(
     let (key, quota) = match early {
         Some(k) => k,
         None => {
-            let key = authenticate(s, value.get("apiKey").and_then(Value::as_str), now).await?;
+            let key = authenticate(s, client, value.get("apiKey").and_then(Value::as_str), now).await?;
             let quota = limit_requests(s, &key).await?;
             (key, quota)
         }
@@ -135,8 +138,15 @@ fn rate_headers(quota: Option<Quota>) -> HeaderMap {
     quota.map(Quota::headers).unwrap_or_default()
 }
 
-async fn authenticate(s: &AppState, key: Option<&str>, now: DateTime<Utc>) -> Result<KeyInfo, ApiError> {
-    let outcome = s.keys.authenticate(key, now).await.map_err(|e| {
+/// The key's grant, or the 401 naming why not (429 `too_many_key_failures` with `Retry-After` when
+/// `client` sent too many unknown keys).
+async fn authenticate(
+    s: &AppState,
+    client: IpAddr,
+    key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<KeyInfo, ApiError> {
+    let outcome = s.keys.authenticate(client, key, now).await.map_err(|e| {
         tracing::warn!(error = %e, "API key lookup failed");
         ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
     })?;
@@ -146,6 +156,14 @@ async fn authenticate(s: &AppState, key: Option<&str>, now: DateTime<Utc>) -> Re
             KeyRejection::Invalid => "invalid_api_key",
             KeyRejection::Revoked => "api_key_revoked",
             KeyRejection::Expired => "api_key_expired",
+            KeyRejection::TooManyFailures { retry_after } => {
+                metrics::counter!("strata_rate_limited_total").increment(1);
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let retry = HeaderMap::from_iter([(axum::http::header::RETRY_AFTER, secs.into())]);
+                let message = format!("{r}; retry in {secs} s");
+                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_key_failures", message)
+                    .with_headers(retry);
+            }
         };
         ApiError::unauthorized(code, r.to_string())
     })
@@ -196,7 +214,7 @@ fn event_context(
     EventContext {
         app_id: key.app_id,
         received_at,
-        ip: Some(client_ip(s.cfg.trusted_proxy_header.as_deref(), headers, peer)),
+        ip: Some(client_ip(s, headers, peer)),
         ua,
         sent_at,
         metadata_max_bytes: s.cfg.metadata_max_bytes,
@@ -207,22 +225,6 @@ fn event_context(
             .retention_months
             .map(|n| partition_jobs::Month::containing(received_at).add_months(-(n as i32)).start()),
     }
-}
-
-/// The left-most valid address of the trusted proxy header, else the socket peer.
-pub(crate) fn client_ip(trusted: Option<&str>, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    trusted
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').find_map(|part| parse_ip(part.trim())))
-        .unwrap_or_else(|| peer.ip())
-}
-
-fn parse_ip(s: &str) -> Option<IpAddr> {
-    s.parse()
-        .ok()
-        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
-        .or_else(|| s.trim_start_matches('[').split(']').next()?.parse().ok())
 }
 
 /// Share of `STRATA_REQUEST_TIMEOUT` a request waits for its commit: the rest leaves time to answer

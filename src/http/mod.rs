@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod admin;
 pub mod analytics;
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod guard;
 pub mod health;
