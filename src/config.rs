@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::proxy::TrustedProxies;
 use crate::auth::ratelimit::RateLimit;
 
 /// A setting that could not be read; the message names it.
@@ -99,13 +100,22 @@ pub struct Config {
     pub accept_window: Duration,
     /// `STRATA_DEDUPE_WINDOW` (default `7d`): how long an eventId is remembered for idempotency.
     pub dedupe_window: Duration,
-    /// `STRATA_TRUSTED_PROXY_HEADER` (e.g. `x-forwarded-for`): header naming the client IP; unset
-    /// means the socket peer address is stored.
+    /// `STRATA_TRUSTED_PROXY_HEADER` (e.g. `x-forwarded-for`): header naming the client IP, read only
+    /// when the socket peer is one of `trusted_proxies`; unset means the socket peer is the client.
     pub trusted_proxy_header: Option<String>,
+    /// `STRATA_TRUSTED_PROXIES` (CIDR list, e.g. `10.0.0.0/8,::1/128`; default none): the proxies
+    /// whose `trusted_proxy_header` is believed (required with it).
+    pub trusted_proxies: TrustedProxies,
     /// `STRATA_CORS_ORIGINS` (default `*`): comma-separated origins allowed to call ingestion.
     pub cors_origins: Vec<String>,
     /// `STRATA_KEY_CACHE_TTL` (default `30s`, at most 30 s): in-process API key cache lifetime.
     pub key_cache_ttl: Duration,
+    /// `STRATA_KEY_CACHE_CAPACITY` (default 100000): keys known to exist kept in the key cache
+    /// (unknown keys have a cache of their own, so they never push these out).
+    pub key_cache_capacity: u64,
+    /// `STRATA_KEY_FAILURE_RATE_LIMIT` (default `20/1m`; `off` disables): unknown API keys per
+    /// client address; beyond it keys not already known valid get 429 before any database query.
+    pub key_failure_rate_limit: Option<RateLimit>,
     /// `STRATA_USAGE_FLUSH_INTERVAL` (default `5s`): how often key usage counters are written.
     pub usage_flush_interval: Duration,
     /// `STRATA_PREMAKE_MONTHS` (default 3): monthly partitions kept ahead of the current month.
@@ -179,8 +189,11 @@ impl Default for Config {
             accept_window: Duration::from_secs(730 * 24 * 3600),
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             trusted_proxy_header: None,
+            trusted_proxies: TrustedProxies::default(),
             cors_origins: vec!["*".into()],
             key_cache_ttl: Duration::from_secs(30),
+            key_cache_capacity: 100_000,
+            key_failure_rate_limit: Some(RateLimit { requests: 20, window: Duration::from_secs(60) }),
             usage_flush_interval: Duration::from_secs(5),
             premake_months: 3,
             retention_months: None,
@@ -296,6 +309,7 @@ impl Config {
         c.ingest_rate_limit = rate("STRATA_INGEST_RATE_LIMIT", c.ingest_rate_limit)?;
         c.ingest_event_rate_limit = rate("STRATA_INGEST_EVENT_RATE_LIMIT", c.ingest_event_rate_limit)?;
         c.analytics_rate_limit = rate("STRATA_ANALYTICS_RATE_LIMIT", c.analytics_rate_limit)?;
+        c.key_failure_rate_limit = rate("STRATA_KEY_FAILURE_RATE_LIMIT", c.key_failure_rate_limit)?;
         c.freshness = dur("STRATA_FRESHNESS", c.freshness)?;
         c.cache_ttl_recent = dur("STRATA_CACHE_TTL_RECENT", c.cache_ttl_recent)?;
         c.cache_ttl_closed = dur("STRATA_CACHE_TTL_CLOSED", c.cache_ttl_closed)?;
@@ -324,10 +338,15 @@ impl Config {
         c.accept_window = dur("STRATA_ACCEPT_WINDOW", c.accept_window)?;
         c.dedupe_window = dur("STRATA_DEDUPE_WINDOW", c.dedupe_window)?;
         c.trusted_proxy_header = get("STRATA_TRUSTED_PROXY_HEADER").map(|h| h.to_ascii_lowercase());
+        if let Some(v) = get("STRATA_TRUSTED_PROXIES") {
+            c.trusted_proxies =
+                TrustedProxies::parse(&v).map_err(|e| invalid("STRATA_TRUSTED_PROXIES", &v, &e.to_string()))?;
+        }
         if let Some(v) = get("STRATA_CORS_ORIGINS") {
             c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         }
         c.key_cache_ttl = dur("STRATA_KEY_CACHE_TTL", c.key_cache_ttl)?;
+        c.key_cache_capacity = count("STRATA_KEY_CACHE_CAPACITY", c.key_cache_capacity as usize)? as u64;
         c.usage_flush_interval = dur("STRATA_USAGE_FLUSH_INTERVAL", c.usage_flush_interval)?;
         if let Some(v) = get("STRATA_PREMAKE_MONTHS") {
             c.premake_months = parse_with("STRATA_PREMAKE_MONTHS", &v, |s| s.parse().ok())?;
@@ -376,6 +395,7 @@ impl Config {
             ("STRATA_WRITERS", self.writers),
             ("STRATA_BODY_MAX_BYTES", self.body_max_bytes),
             ("STRATA_METADATA_MAX_BYTES", self.metadata_max_bytes),
+            ("STRATA_KEY_CACHE_CAPACITY", self.key_cache_capacity as usize),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -405,6 +425,14 @@ impl Config {
                 "STRATA_KEY_CACHE_TTL",
                 &format!("{:?}", self.key_cache_ttl),
                 "must be at most 30s so revoked keys stop working within 30 s",
+            ));
+        }
+        if let (Some(header), true) = (&self.trusted_proxy_header, self.trusted_proxies.is_empty()) {
+            return Err(invalid(
+                "STRATA_TRUSTED_PROXY_HEADER",
+                header,
+                "is read only from the proxies named by STRATA_TRUSTED_PROXIES (a CIDR list such as \
+                 10.0.0.0/8,::1/128), which is not set",
             ));
         }
         if self.freshness < Duration::from_millis(100) {

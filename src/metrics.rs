@@ -11,6 +11,10 @@
 //! `strata_redis_errors_total`, `strata_partitions_months_ahead`, `strata_partitions_default_rows`,
 //! `strata_maintenance_runs_total{result}`, `strata_maintenance_last_success_timestamp_seconds`,
 //! `strata_process_resident_memory_bytes`, `strata_ingest_shed_total`, `strata_ingest_body_bytes_in_flight`.
+//!
+//! Every label value comes from a closed set the server chooses, never from the client: routes are
+//! templates (`unmatched` when none matched), methods are the nine standard ones or `other`
+//! ([`method_label`]), statuses are the ones the server answers with.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -82,7 +86,7 @@ struct RequestHandles {
 }
 
 struct RouteHandles {
-    method: Method,
+    method: &'static str,
     status: u16,
     requests: Counter,
     duration: Histogram,
@@ -114,6 +118,7 @@ impl RequestTimer {
     pub fn finish(self, route: Option<&str>, method: &Method, status: StatusCode, slow: Duration) {
         let elapsed = self.started.elapsed();
         let route = route.unwrap_or("unmatched");
+        let method = method_label(method);
         let status = status.as_u16();
         {
             let mut by_route = request_handles().by_route.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,11 +129,11 @@ impl RequestTimer {
             let i = match handles.iter().position(|h| h.status == status && h.method == method) {
                 Some(i) => i,
                 None => {
-                    let (r, m) = (route.to_owned(), method.as_str().to_owned());
+                    let (r, m) = (route.to_owned(), method);
                     handles.push(RouteHandles {
-                        method: method.clone(),
+                        method,
                         status,
-                        requests: counter!("strata_http_requests_total", "route" => r.clone(), "method" => m.clone(),
+                        requests: counter!("strata_http_requests_total", "route" => r.clone(), "method" => m,
                             "status" => status.to_string()),
                         duration: histogram!("strata_http_request_duration_seconds", "route" => r, "method" => m),
                     });
@@ -147,6 +152,23 @@ impl RequestTimer {
 impl Drop for RequestTimer {
     fn drop(&mut self) {
         request_handles().in_flight.decrement(1.0);
+    }
+}
+
+/// The label of a request method: the standard methods by name, any other token `other` (a client
+/// may send any token as a method; each would otherwise be a new series kept for the process's life).
+pub fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "other",
     }
 }
 

@@ -1,8 +1,18 @@
 //! API keys: generation (`ak_` + 64 hex, shown once), HMAC-SHA256 hashing with the server secret,
-//! the in-process lookup cache that keeps authentication off the database on the ingest path, and
+//! the in-process lookup caches that keep authentication off the database on the ingest path, and
 //! batched usage counters (`last_used_at`, `usage_count`).
+//!
+//! Guessing keys costs the guesser, not the server ([`KeyAuth::authenticate`]):
+//! - keys that exist (valid, revoked or expired) and keys that do not live in two caches of their
+//!   own, so a flood of random keys can never push a real key out (`STRATA_KEY_CACHE_CAPACITY`
+//!   bounds the first, [`UNKNOWN_CACHE_CAPACITY`] the second);
+//! - unknown keys are counted per client address (`STRATA_KEY_FAILURE_RATE_LIMIT`); past the limit,
+//!   a key that is not already cached as existing is refused before any database query;
+//! - at most [`KeyAuth::lookups_max`] lookups hold a pooled connection at once, so keys never seen
+//!   before cannot take every connection from ingestion and analytics.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +22,23 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::ratelimit::{Decision, Limiter};
+use crate::config::Config;
+
 /// Characters of the key kept in clear to tell keys apart ("ak_" + 9 hex).
 pub const KEY_PREFIX_CHARS: usize = 12;
-/// Keys cached in process at most; negative answers are cached too, so random keys cost one query each.
-const KEY_CACHE_CAPACITY: u64 = 100_000;
+/// Unknown keys remembered at most (32-byte hashes: a few MiB), apart from the keys that exist.
+pub const UNKNOWN_CACHE_CAPACITY: u64 = 100_000;
+/// How long an unknown key is remembered. A key that does not exist never comes to exist (new keys
+/// are random), so this only trades memory against repeated lookups of the same wrong key (a typo
+/// deployed on a busy site).
+const UNKNOWN_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Share of the pool that key lookups may hold at once: a quarter, at least one connection.
+const LOOKUP_POOL_SHARE: usize = 4;
 
 /// A freshly generated key: `secret` is shown once and never stored.
 pub struct NewKey {
@@ -77,6 +97,13 @@ pub enum KeyRejection {
     /// The key is past its expiry.
     #[error("API key has expired")]
     Expired,
+    /// Too many unknown keys came from this client address (`STRATA_KEY_FAILURE_RATE_LIMIT`), and
+    /// this key is not known to exist: refused without a lookup.
+    #[error("too many invalid API keys from this address")]
+    TooManyFailures {
+        /// When the address may try an unknown key again.
+        retry_after: Duration,
+    },
 }
 
 /// Authentication failed for a reason other than the key itself.
@@ -84,13 +111,32 @@ pub enum KeyRejection {
 #[error("key lookup failed: {0}")]
 pub struct LookupError(pub String);
 
-/// Key authentication with an in-process cache (TTL ≤ 30 s) and batched usage counting.
+/// Key authentication with in-process caches (TTL ≤ 30 s for keys that exist), a per-address limit
+/// on unknown keys, and batched usage counting.
 #[derive(Clone)]
 pub struct KeyAuth {
     pool: Pool,
     secret: Arc<Vec<u8>>,
-    cache: moka::future::Cache<Vec<u8>, Option<KeyInfo>>,
+    /// Keys that exist, by HMAC: valid, revoked or expired (revocation evicts them).
+    known: moka::future::Cache<Vec<u8>, KeyInfo>,
+    /// Keys that do not exist, by HMAC: a separate cache, so they never evict `known` entries.
+    unknown: moka::future::Cache<Vec<u8>, ()>,
+    /// Unknown keys per client address (`None`: no limit).
+    failures: Option<Arc<Limiter>>,
+    /// Lookups allowed to hold a pooled connection at once.
+    lookups: Arc<Semaphore>,
+    /// Longest wait for a lookup slot (`STRATA_DB_TIMEOUT`, as for a pooled connection).
+    lookup_wait: Duration,
     usage: Arc<Mutex<UsageCounts>>,
+}
+
+/// Why a lookup gave no key.
+#[derive(Debug)]
+enum Miss {
+    /// No such key (cached as unknown).
+    NotFound,
+    /// The database failed (nothing cached).
+    Failed(LookupError),
 }
 
 /// Per key: uses since the last flush and the latest use.
@@ -101,15 +147,37 @@ const LOOKUP: &str =
      FROM api_keys k JOIN apps a ON a.id = k.app_id WHERE k.key_hash = $1";
 
 impl KeyAuth {
-    /// A key authenticator whose cache entries live `ttl`.
-    pub fn new(pool: Pool, secret: Vec<u8>, ttl: Duration) -> KeyAuth {
-        let cache = moka::future::Cache::builder().max_capacity(KEY_CACHE_CAPACITY).time_to_live(ttl).build();
-        KeyAuth { pool, secret: Arc::new(secret), cache, usage: Arc::default() }
+    /// A key authenticator with the key cache settings of `cfg` (`STRATA_KEY_CACHE_TTL`,
+    /// `STRATA_KEY_CACHE_CAPACITY`), counting unknown keys per address in `failures`.
+    pub fn new(pool: Pool, secret: Vec<u8>, cfg: &Config, failures: Option<Arc<Limiter>>) -> KeyAuth {
+        let known =
+            moka::future::Cache::builder().max_capacity(cfg.key_cache_capacity).time_to_live(cfg.key_cache_ttl).build();
+        let unknown =
+            moka::future::Cache::builder().max_capacity(UNKNOWN_CACHE_CAPACITY).time_to_live(UNKNOWN_CACHE_TTL).build();
+        let lookups = Arc::new(Semaphore::new(Self::lookups_max(cfg.db_pool_size)));
+        KeyAuth {
+            pool,
+            secret: Arc::new(secret),
+            known,
+            unknown,
+            failures,
+            lookups,
+            lookup_wait: cfg.db_timeout,
+            usage: Arc::default(),
+        }
     }
 
-    /// Checks `key` at instant `now`; counts the use when it is valid.
+    /// Key lookups holding a pooled connection at once, for a pool of `pool_size`.
+    pub fn lookups_max(pool_size: usize) -> usize {
+        (pool_size / LOOKUP_POOL_SHARE).max(1)
+    }
+
+    /// Checks `key`, sent from `client`, at instant `now`; counts the use when it is valid. A key
+    /// cached as existing is answered from the cache; any other key from an address over
+    /// `STRATA_KEY_FAILURE_RATE_LIMIT` is refused before the database is asked.
     pub async fn authenticate(
         &self,
+        client: IpAddr,
         key: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Result<KeyInfo, KeyRejection>, LookupError> {
@@ -118,14 +186,13 @@ impl KeyAuth {
             return Ok(Err(KeyRejection::Invalid));
         }
         let hash = hash_key(&self.secret, key);
-        let pool = self.pool.clone();
-        let lookup_hash = hash.clone();
-        let found = self
-            .cache
-            .try_get_with(hash.clone(), async move { lookup(&pool, &lookup_hash).await })
-            .await
-            .map_err(|e| LookupError(e.to_string()))?;
-        let Some(info) = found else { return Ok(Err(KeyRejection::Invalid)) };
+        let info = match self.known.get(&hash).await {
+            Some(info) => info,
+            None => match self.find(client, hash.clone()).await? {
+                Ok(info) => info,
+                Err(rejection) => return Ok(Err(rejection)),
+            },
+        };
         // Compared again in constant time: the cache's and the index's equality checks are not.
         if !bool::from(info.hash.ct_eq(&hash)) {
             return Ok(Err(KeyRejection::Invalid));
@@ -140,15 +207,55 @@ impl KeyAuth {
         Ok(Ok(info))
     }
 
+    /// A key not cached as existing: refused when `client` is over its unknown-key limit, else
+    /// looked up (one lookup per key at a time, at most [`KeyAuth::lookups_max`] at once) unless
+    /// cached as unknown. An unknown key takes one token of the client's limit.
+    async fn find(&self, client: IpAddr, hash: Vec<u8>) -> Result<Result<KeyInfo, KeyRejection>, LookupError> {
+        let address = client.to_string();
+        if let Some(limiter) = &self.failures {
+            if let Decision::Limited { retry_after } = limiter.peek(&address, 1).await {
+                return Ok(Err(KeyRejection::TooManyFailures { retry_after }));
+            }
+        }
+        if self.unknown.get(&hash).await.is_none() {
+            let (pool, lookups, wait, lookup_hash) =
+                (self.pool.clone(), self.lookups.clone(), self.lookup_wait, hash.clone());
+            let found = self
+                .known
+                .try_get_with(hash.clone(), async move {
+                    let busy = || Miss::Failed(LookupError("every key lookup slot stayed busy".to_owned()));
+                    let _slot = tokio::time::timeout(wait, lookups.acquire_owned())
+                        .await
+                        .map_err(|_| busy())?
+                        .map_err(|_| busy())?;
+                    lookup(&pool, &lookup_hash).await.map_err(Miss::Failed)?.ok_or(Miss::NotFound)
+                })
+                .await;
+            match found {
+                Ok(info) => return Ok(Ok(info)),
+                Err(miss) => match &*miss {
+                    Miss::Failed(e) => return Err(LookupError(e.0.clone())),
+                    Miss::NotFound => self.unknown.insert(hash, ()).await,
+                },
+            }
+        }
+        if let Some(limiter) = &self.failures {
+            // Refused or not, this answer is given: the next request from the address is the one
+            // the limit stops.
+            limiter.check(&address, 1).await;
+        }
+        Ok(Err(KeyRejection::Invalid))
+    }
+
     /// Drops the cached answer for the key whose HMAC is `hash`, so its revocation bites at once in
     /// this process (other processes: the cache bus, or the cache TTL at worst).
     pub async fn evict(&self, hash: &[u8]) {
-        self.cache.invalidate(hash).await;
+        self.known.invalidate(hash).await;
     }
 
     /// Drops every cached answer (used by revocation in this process).
     pub fn evict_all(&self) {
-        self.cache.invalidate_all();
+        self.known.invalidate_all();
     }
 
     fn count_use(&self, key_id: Uuid, now: DateTime<Utc>) {
@@ -229,6 +336,23 @@ mod tests {
         assert_eq!(k.hash, hash_key(b"secret", &k.secret));
         assert_ne!(k.hash, hash_key(b"other secret", &k.secret));
         assert_eq!(k.hash.len(), 32);
+    }
+
+    #[test]
+    fn key_cache_capacity_and_the_unknown_key_limit_are_configurable() {
+        use crate::auth::ratelimit::RateLimit;
+        let vars = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let c = Config::default();
+        assert_eq!(c.key_cache_capacity, 100_000);
+        assert_eq!(c.key_failure_rate_limit, Some(RateLimit { requests: 20, window: Duration::from_secs(60) }));
+        let c =
+            Config::from_vars(&vars(&[("STRATA_KEY_CACHE_CAPACITY", "500"), ("STRATA_KEY_FAILURE_RATE_LIMIT", "off")]))
+                .unwrap();
+        assert_eq!((c.key_cache_capacity, c.key_failure_rate_limit), (500, None));
+        for (name, bad) in [("STRATA_KEY_CACHE_CAPACITY", "0"), ("STRATA_KEY_FAILURE_RATE_LIMIT", "many")] {
+            assert_eq!(Config::from_vars(&vars(&[(name, bad)])).unwrap_err().name, name);
+        }
+        assert_eq!((KeyAuth::lookups_max(16), KeyAuth::lookups_max(2)), (4, 1));
     }
 
     #[test]

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::client::client_ip;
 use super::error::ApiError;
-use super::ingest::client_ip;
 use super::AppState;
 use crate::accounts::{self as store, AccountError, CreatedKey, Owner, Page};
 use crate::auth::bearer::bearer_token;
@@ -104,7 +104,7 @@ async fn throttled(
     peer: SocketAddr,
     answer: impl Future<Output = Answer>,
 ) -> Response {
-    let ip = client_ip(s.cfg.trusted_proxy_header.as_deref(), headers, peer).to_string();
+    let ip = client_ip(s, headers, peer).to_string();
     let what = "too many attempts from this address";
     match super::limits::check(s.limits.auth.as_deref(), &ip, 1, what).await {
         Ok(quota) => {

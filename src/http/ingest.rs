@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::body::{decode, decode_prefix, is_blank, read_raw, Encoding, Raw};
 use super::budget::Ticket;
+use super::client::client_ip;
 use super::error::ApiError;
 use super::limits::{self, Quota};
 use super::AppState;
@@ -50,7 +51,7 @@ async fn track(
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
     let mut ticket = s.budget.ticket();
-    let (key, raw, requests) = authenticated_body(&s, &headers, body, received_at, &mut ticket).await?;
+    let (key, raw, requests) = authenticated_body(&s, &headers, peer, body, received_at, &mut ticket).await?;
     let quota = Quota::tighter(requests, limit_events(&s, &key, 1).await?);
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
     let (encoding, max, ua) = (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.ua.clone());
@@ -82,7 +83,7 @@ async fn track_batch(
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
     let mut ticket = s.budget.ticket();
-    let (key, raw, requests) = authenticated_body(&s, &headers, body, received_at, &mut ticket).await?;
+    let (key, raw, requests) = authenticated_body(&s, &headers, peer, body, received_at, &mut ticket).await?;
     let ctx = event_context(&s, &headers, peer, &key, received_at, None);
     let (encoding, max, max_events, ua) =
         (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.cfg.batch_max_events, s.ua.clone());
@@ -138,14 +139,16 @@ async fn on_cpu<T: Send + 'static>(
 async fn authenticated_body(
     s: &AppState,
     headers: &HeaderMap,
+    peer: SocketAddr,
     body: Body,
     now: DateTime<Utc>,
     ticket: &mut Ticket,
 ) -> Result<(KeyInfo, Raw, Option<Quota>), ApiError> {
     let encoding = Encoding::of(headers)?;
+    let client = client_ip(s, headers, peer);
     let header_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or(""));
     if let Some(k) = header_key {
-        let key = authenticate(s, Some(k), now).await?;
+        let key = authenticate(s, client, Some(k), now).await?;
         let quota = limit_requests(s, &key).await?;
         let raw = read_raw(body, s.cfg.body_max_bytes, ticket).await?;
         return Ok((key, raw, quota));
@@ -156,15 +159,15 @@ async fn authenticated_body(
         return Err(ApiError::bad_request("invalid_json", "request body is empty; expected a JSON object"));
     }
     let found = wire::find_api_key(&prefix);
-    let key = authenticate(s, found.as_deref(), now).await.map_err(|e| match found {
-        None => ApiError::unauthorized(
+    let key = authenticate(s, client, found.as_deref(), now).await.map_err(|e| match found {
+        None if e.code == "missing_api_key" => ApiError::unauthorized(
             "missing_api_key",
             format!(
                 "API key required: send it in the X-API-Key header, or as an apiKey string field within the \
                  first {KEY_PREFIX_BYTES} bytes of the JSON body"
             ),
         ),
-        Some(_) => e,
+        _ => e,
     })?;
     let quota = limit_requests(s, &key).await?;
     Ok((key, raw, quota))
@@ -252,8 +255,15 @@ fn rate_headers(quota: Option<Quota>) -> HeaderMap {
     quota.map(Quota::headers).unwrap_or_default()
 }
 
-async fn authenticate(s: &AppState, key: Option<&str>, now: DateTime<Utc>) -> Result<KeyInfo, ApiError> {
-    let outcome = s.keys.authenticate(key, now).await.map_err(|e| {
+/// The key's grant, or the 401 naming why not (429 `too_many_key_failures` with `Retry-After` when
+/// `client` sent too many unknown keys).
+async fn authenticate(
+    s: &AppState,
+    client: IpAddr,
+    key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<KeyInfo, ApiError> {
+    let outcome = s.keys.authenticate(client, key, now).await.map_err(|e| {
         tracing::warn!(error = %e, "API key lookup failed");
         ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
     })?;
@@ -263,6 +273,14 @@ async fn authenticate(s: &AppState, key: Option<&str>, now: DateTime<Utc>) -> Re
             KeyRejection::Invalid => "invalid_api_key",
             KeyRejection::Revoked => "api_key_revoked",
             KeyRejection::Expired => "api_key_expired",
+            KeyRejection::TooManyFailures { retry_after } => {
+                metrics::counter!("strata_rate_limited_total").increment(1);
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let retry = HeaderMap::from_iter([(axum::http::header::RETRY_AFTER, secs.into())]);
+                let message = format!("{r}; retry in {secs} s");
+                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_key_failures", message)
+                    .with_headers(retry);
+            }
         };
         ApiError::unauthorized(code, r.to_string())
     })
@@ -280,7 +298,7 @@ fn event_context(
     EventContext {
         app_id: key.app_id,
         received_at,
-        ip: Some(client_ip(s.cfg.trusted_proxy_header.as_deref(), headers, peer)),
+        ip: Some(client_ip(s, headers, peer)),
         ua,
         sent_at,
         metadata_max_bytes: s.cfg.metadata_max_bytes,
@@ -291,22 +309,6 @@ fn event_context(
             .retention_months
             .map(|n| partition_jobs::Month::containing(received_at).add_months(-(n as i32)).start()),
     }
-}
-
-/// The left-most valid address of the trusted proxy header, else the socket peer.
-pub(crate) fn client_ip(trusted: Option<&str>, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    trusted
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').find_map(|part| parse_ip(part.trim())))
-        .unwrap_or_else(|| peer.ip())
-}
-
-fn parse_ip(s: &str) -> Option<IpAddr> {
-    s.parse()
-        .ok()
-        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
-        .or_else(|| s.trim_start_matches('[').split(']').next()?.parse().ok())
 }
 
 /// Share of `STRATA_REQUEST_TIMEOUT` a request waits for its commit: the rest leaves time to answer

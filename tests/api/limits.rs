@@ -198,3 +198,75 @@ async fn with_redis_unreachable_each_instance_limits_alone_without_errors() {
     assert_eq!(on_b, [201, 201, 201, 429]);
     assert_eq!(a.raw_count().await, 6);
 }
+
+/// A well-formed key that exists nowhere.
+fn random_key() -> String {
+    format!("ak_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+fn code(r: &Reply) -> (u16, &str) {
+    (r.status, r.body["error"]["code"].as_str().unwrap_or("none"))
+}
+
+#[tokio::test]
+async fn guessing_keys_from_one_address_gets_429_before_any_lookup_while_a_cached_valid_key_works() {
+    let app = spawn_app_with(|c| c.key_failure_rate_limit = limit("5/1m")).await;
+    let unused = strata::accounts::create_key(&app.db, crate::helpers::KEY_SECRET.as_bytes(), app.app_id, "new", None)
+        .await
+        .unwrap();
+    let elsewhere = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap());
+    let elsewhere = elsewhere.build().unwrap();
+
+    let first = app.track(&event()).await;
+    let mut guesses = Vec::new();
+    for _ in 0..5 {
+        guesses.push(code(&track_on(&app.http, app.addr, &random_key()).await).1.to_owned());
+    }
+    let over = track_on(&app.http, app.addr, &random_key()).await;
+    let in_body = json!({"apiKey": random_key(), "eventType": "beacon"});
+    let over_in_body = reply(app.http.post(app.url("/api/events/track")).json(&in_body).send().await.unwrap()).await;
+    let valid = app.track(&event()).await;
+    let valid_but_never_seen = track_on(&app.http, app.addr, &unused.api_key).await;
+    let other_address = track_on(&elsewhere, app.addr, &random_key()).await;
+
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(guesses, ["invalid_api_key"; 5]);
+    assert_eq!(code(&over), (429, "too_many_key_failures"), "{}", over.body);
+    assert_eq!(over.body["success"], json!(false));
+    // One unknown key per 12 s.
+    assert!((11..=12).contains(&retry_after(&over)), "{:?}", over.headers);
+    assert_eq!(code(&over_in_body), (429, "too_many_key_failures"), "{}", over_in_body.body);
+    assert_eq!(valid.status, 201, "a cached valid key keeps working: {}", valid.body);
+    // Refused without a lookup: a lookup would have found this key.
+    assert_eq!(code(&valid_but_never_seen), (429, "too_many_key_failures"));
+    assert_eq!(code(&other_address), (401, "invalid_api_key"), "another address has its own budget");
+    assert_eq!(app.raw_count().await, 2);
+}
+
+#[tokio::test]
+async fn random_keys_never_push_a_valid_key_out_of_the_key_cache() {
+    let app = spawn_app_with(|c| {
+        c.key_cache_capacity = 1;
+        c.key_failure_rate_limit = None;
+    })
+    .await;
+    assert_eq!(app.track(&event()).await.status, 201);
+    assert_eq!(app.track(&event()).await.status, 201);
+
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        // Each random key several times: frequent enough to win a place in a shared cache.
+        let key = random_key();
+        for _ in 0..4 {
+            *answers.entry(code(&track_on(&app.http, app.addr, &key).await).1.to_owned()).or_insert(0) += 1;
+        }
+    }
+    // The database now says revoked; only a cached answer still accepts the key.
+    let revoked = app.db.execute("UPDATE api_keys SET status = 'revoked' WHERE id = $1", &[&app.key_id]).await;
+    let cached = app.track(&event()).await;
+
+    assert_eq!(answers, std::collections::BTreeMap::from([("invalid_api_key".to_owned(), 800)]));
+    assert_eq!(revoked.unwrap(), 1);
+    assert_eq!(cached.status, 201, "the valid key was answered from the cache: {}", cached.body);
+    assert_eq!(app.raw_count().await, 3);
+}

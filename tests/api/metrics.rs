@@ -136,3 +136,71 @@ fn dashboard_and_alert_rules_reference_only_exported_metrics() {
         assert!(FAMILIES.contains(&name.as_str()), "{name} is not exported by the service");
     }
 }
+
+/// The series of a scrape: every sample's name and labels (values left out).
+fn series(text: &str) -> std::collections::BTreeSet<String> {
+    samples(text).into_keys().collect()
+}
+
+/// A random request-method token (RFC 9110 `tchar`s), never one of the standard methods.
+fn made_up_method() -> String {
+    const TCHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~";
+    let len = 1 + rand::random_range(0..24);
+    let token: String = (0..len).map(|_| TCHARS[rand::random_range(0..TCHARS.len())] as char).collect();
+    format!("X{token}")
+}
+
+/// The server process, stopped when the test ends (also when it fails).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn made_up_methods_and_paths_add_no_metric_series() {
+    const STANDARD: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    let db_name = create_test_database().await;
+    let (child, addr) = start_binary(&db_name, &[("STRATA_METRICS_TOKEN", "scrape-me")]);
+    let _server = Server(child);
+    let http = reqwest::Client::builder().no_gzip().build().unwrap();
+    let scrape = || async {
+        let r = http.get(format!("http://{addr}/metrics")).bearer_auth("scrape-me").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        series(&r.text().await.unwrap())
+    };
+    let target = addr.clone();
+    let send = move |http: reqwest::Client, method: String, path: String| {
+        let url = format!("http://{target}{path}");
+        async move { http.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url).send().await.unwrap() }
+    };
+    let random_path = || format!("/{}/{}", Uuid::new_v4().simple(), rand::random::<u32>());
+
+    scrape().await;
+    for method in STANDARD.iter().map(|m| m.to_string()).chain([made_up_method()]) {
+        send(http.clone(), method, random_path()).await;
+    }
+    let before = scrape().await;
+    assert!(before.contains(r#"strata_http_requests_total{route="unmatched",method="other",status="404"}"#));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (http, send) = (http.clone(), send.clone());
+        clients.push(tokio::spawn(async move {
+            for i in 0..1250 {
+                let method = if i % 10 == 0 { STANDARD[i / 10 % 9].to_owned() } else { made_up_method() };
+                let path = format!("/{}/{}", Uuid::new_v4().simple(), rand::random::<u32>());
+                send(http.clone(), method, path).await;
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let after = scrape().await;
+
+    assert_eq!(after.len(), before.len(), "new series: {:?}", after.difference(&before).collect::<Vec<_>>());
+    assert_eq!(after, before);
+}

@@ -156,23 +156,100 @@ async fn cors_preflight_allows_configured_origins_only() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
 
+/// Behind a proxy at 127.0.0.1 (the test client) that forwards in `X-Forwarded-For`, with another
+/// proxy hop in 10.0.0.0/8.
+fn behind_proxies(c: &mut strata::config::Config) {
+    c.trusted_proxy_header = Some("x-forwarded-for".into());
+    c.trusted_proxies = strata::auth::proxy::TrustedProxies::parse("127.0.0.1/32,10.0.0.0/8").unwrap();
+}
+
+/// Tracks one event with the given `X-Forwarded-For` lines; answers the stored client address.
+async fn stored_ip(app: &crate::helpers::TestApp, forwarded: &[&str]) -> String {
+    let mut req = app.http.post(app.url("/api/events/track")).header("X-API-Key", &app.api_key);
+    for line in forwarded {
+        req = req.header("X-Forwarded-For", *line);
+    }
+    let id = uuid::Uuid::new_v4();
+    let r = reply(req.json(&json!({"eventType": "x", "eventId": id})).send().await.unwrap()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let row = app.db.query_one("SELECT host(ip_address) FROM events WHERE event_id = $1", &[&id]).await.unwrap();
+    row.get(0)
+}
+
 #[tokio::test]
 async fn client_ip_comes_from_the_trusted_proxy_header_only_when_configured() {
-    let app = spawn_app_with(|c| c.trusted_proxy_header = Some("x-forwarded-for".into())).await;
-    let r = reply(
-        app.http
-            .post(app.url("/api/events/track"))
-            .header("X-API-Key", &app.api_key)
-            .header("X-Forwarded-For", "203.0.113.7, 10.0.0.1")
-            .json(&json!({"eventType": "x"}))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let plain = spawn_app().await;
+    let proxied = spawn_app_with(behind_proxies).await;
+
+    let ignored = stored_ip(&plain, &["203.0.113.7"]).await;
+    let forwarded = stored_ip(&proxied, &["203.0.113.7, 10.0.0.1"]).await;
+    let not_sent = stored_ip(&proxied, &[]).await;
+
+    assert_eq!(ignored, "127.0.0.1");
+    assert_eq!(forwarded, "203.0.113.7");
+    assert_eq!(not_sent, "127.0.0.1", "the trusted peer is all there is");
+}
+
+#[tokio::test]
+async fn a_stored_event_has_the_right_most_forwarded_address_that_is_not_a_trusted_proxy() {
+    let app = spawn_app_with(behind_proxies).await;
+
+    let spoofed = stored_ip(&app, &["198.51.100.66, 203.0.113.7, 10.0.0.2, 10.0.0.1"]).await;
+    let two_lines = stored_ip(&app, &["198.51.100.66", "203.0.113.8, 10.0.0.1"]).await;
+    let all_trusted = stored_ip(&app, &["10.0.0.9, 10.0.0.1"]).await;
+    let garbage = stored_ip(&app, &["203.0.113.7, not-an-address, 10.0.0.1"]).await;
+    let ipv6 = stored_ip(&app, &["[2001:db8::7]:4711"]).await;
+
+    assert_eq!(spoofed, "203.0.113.7");
+    assert_eq!(two_lines, "203.0.113.8");
+    assert_eq!(all_trusted, "10.0.0.9");
+    assert_eq!(garbage, "10.0.0.1", "the last hop a trusted proxy vouched for");
+    assert_eq!(ipv6, "2001:db8::7");
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_a_trusted_proxy_has_its_forwarded_header_ignored() {
+    let app = spawn_app_with(|c| {
+        c.trusted_proxy_header = Some("x-forwarded-for".into());
+        c.trusted_proxies = strata::auth::proxy::TrustedProxies::parse("10.0.0.0/8,::1/128").unwrap();
+    })
     .await;
-    assert_eq!(r.status, 201);
-    let ip: String = app.db.query_one("SELECT host(ip_address) FROM events", &[]).await.unwrap().get(0);
-    assert_eq!(ip, "203.0.113.7");
+
+    let ip = stored_ip(&app, &["203.0.113.7"]).await;
+
+    assert_eq!(ip, "127.0.0.1");
+}
+
+#[tokio::test]
+async fn logins_behind_a_trusted_proxy_with_changing_left_most_addresses_hit_the_auth_limit() {
+    let app = spawn_app_with(behind_proxies).await;
+    let login = json!({"email": "nobody@example.com", "password": "wrong password here"});
+
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        let forwarded = format!("198.51.100.{i}, 203.0.113.7, 10.0.0.1");
+        let req = app.http.post(app.url("/api/auth/login")).header("X-Forwarded-For", forwarded).json(&login);
+        let r = reply(req.send().await.unwrap()).await;
+        statuses.push((r.status, r.body["error"]["code"].as_str().unwrap_or_default().to_owned()));
+        if r.status == 429 {
+            assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+        }
+    }
+    let elsewhere = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .header("X-Forwarded-For", "203.0.113.99, 10.0.0.1")
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+
+    let expected: Vec<_> = (0..15)
+        .map(|i| if i < 10 { (401, "invalid_credentials") } else { (429, "rate_limited") })
+        .map(|(s, c)| (s, c.to_owned()))
+        .collect();
+    assert_eq!(statuses, expected);
+    assert_eq!(elsewhere.status(), 401, "another client behind the same proxy has its own budget");
 }
 
 #[tokio::test]

@@ -44,6 +44,12 @@ impl Bucket {
         Decision::Allowed { remaining: u32::try_from(room).unwrap_or(u32::MAX) }
     }
 
+    /// What [`Bucket::take`] would decide at `now`, leaving the bucket as it is.
+    pub fn peek(&self, limit: RateLimit, cost: u32, now: Instant) -> Decision {
+        let mut copy = *self;
+        copy.take(limit, cost, now)
+    }
+
     /// True when the bucket is full and nothing is left to report: dropping it loses nothing.
     pub fn idle(&self, now: Instant) -> bool {
         self.tat <= now && self.unsynced == 0

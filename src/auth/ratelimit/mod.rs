@@ -1,5 +1,5 @@
-//! Rate limits: token buckets per key (client IP for register and login, API key for ingestion
-//! requests and events, bearer token for analytics), held in process and shared across instances
+//! Rate limits: token buckets per key (client IP for register and login and for unknown API keys,
+//! API key for ingestion requests and events, bearer token for analytics), held in process and shared across instances
 //! through Redis without a Redis round trip per request.
 //!
 //! - [`bucket`]: the bucket math (GCRA: one instant per key), pure.
@@ -123,6 +123,26 @@ impl Limiter {
         self.take_seeded(key, cost, Instant::now(), ahead)
     }
 
+    /// What [`Limiter::check`] would decide for `key`, without taking anything: lets a caller refuse
+    /// work up front and take a token only when the work turns out to count (a failed key lookup).
+    /// Waits for Redis only for a key this instance holds no bucket for, while Redis answers.
+    pub async fn peek(&self, key: &str, cost: u32) -> Decision {
+        let now = Instant::now();
+        if let Some(b) = self.shard(key).get(key) {
+            return b.peek(self.limit, cost, now);
+        }
+        let ahead = match &self.shared {
+            Some(s) if s.healthy() => s.fetch(&s.key(self.name, key)).await.unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        if ahead.is_zero() {
+            // A full bucket: nothing worth keeping a bucket for.
+            return Bucket::new(now, ahead).peek(self.limit, cost, now);
+        }
+        let now = Instant::now();
+        self.with_bucket(key, now, ahead, |b| b.peek(self.limit, cost, now))
+    }
+
     /// Takes `cost` tokens at `now`, without Redis (a new key starts full).
     pub fn check_at(&self, key: &str, cost: u32, now: Instant) -> Decision {
         self.take_known(key, cost, now).unwrap_or_else(|| self.take_seeded(key, cost, now, Duration::ZERO))
@@ -149,6 +169,11 @@ impl Limiter {
 
     /// The decision for `key`, making its bucket `ahead` of full if it has none.
     fn take_seeded(&self, key: &str, cost: u32, now: Instant, ahead: Duration) -> Decision {
+        self.with_bucket(key, now, ahead, |b| b.take(self.limit, cost, now))
+    }
+
+    /// Runs `f` on `key`'s bucket, made `ahead` of full (merged into an existing one).
+    fn with_bucket<R>(&self, key: &str, now: Instant, ahead: Duration, f: impl FnOnce(&mut Bucket) -> R) -> R {
         let mut shard = self.shard(key);
         if !shard.contains_key(key) && shard.len() >= MAX_BUCKETS / SHARDS {
             shard.retain(|_, b| !b.idle(now));
@@ -161,7 +186,7 @@ impl Limiter {
         }
         let b = shard.entry(key.to_owned()).or_insert_with(|| Bucket::new(now, Duration::ZERO));
         b.merge(self.limit, ahead, now);
-        b.take(self.limit, cost, now)
+        f(b)
     }
 
     /// Buckets held (for tests).
@@ -212,14 +237,22 @@ pub struct Limits {
     pub ingest_events: Option<Arc<Limiter>>,
     /// Analytics requests per bearer token (`STRATA_ANALYTICS_RATE_LIMIT`).
     pub analytics: Option<Arc<Limiter>>,
+    /// Unknown API keys per client IP (`STRATA_KEY_FAILURE_RATE_LIMIT`).
+    pub key_failures: Option<Arc<Limiter>>,
 }
 
 impl Limits {
     /// The limiters of `cfg`; with Redis configured and any limit on, spawns [`sync_loop`].
     pub fn start(cfg: &Config, stop: CancellationToken, tracker: &TaskTracker) -> Limits {
-        let any = [cfg.auth_rate_limit, cfg.ingest_rate_limit, cfg.ingest_event_rate_limit, cfg.analytics_rate_limit]
-            .iter()
-            .any(Option::is_some);
+        let any = [
+            cfg.auth_rate_limit,
+            cfg.ingest_rate_limit,
+            cfg.ingest_event_rate_limit,
+            cfg.analytics_rate_limit,
+            cfg.key_failure_rate_limit,
+        ]
+        .iter()
+        .any(Option::is_some);
         let shared = match &cfg.redis_url {
             Some(url) if any => match Shared::new(url, &cfg.redis_prefix, cfg.redis_timeout) {
                 Ok(s) => Some(Arc::new(s)),
@@ -236,6 +269,7 @@ impl Limits {
             ingest: make("ingest", cfg.ingest_rate_limit),
             ingest_events: make("ingest_events", cfg.ingest_event_rate_limit),
             analytics: make("analytics", cfg.analytics_rate_limit),
+            key_failures: make("key_failures", cfg.key_failure_rate_limit),
         };
         if let Some(shared) = shared {
             tracker.spawn(sync_loop(limits.clone(), shared, stop));
@@ -244,7 +278,7 @@ impl Limits {
     }
 
     fn all(&self) -> impl Iterator<Item = &Arc<Limiter>> {
-        [&self.auth, &self.ingest, &self.ingest_events, &self.analytics].into_iter().flatten()
+        [&self.auth, &self.ingest, &self.ingest_events, &self.analytics, &self.key_failures].into_iter().flatten()
     }
 }
 
@@ -293,6 +327,22 @@ mod tests {
         assert_eq!(limiter.check_at("10.0.0.2", 1, t), Decision::Allowed { remaining: 9 });
         assert_eq!(limiter.check_at("10.0.0.1", 1, t + Duration::from_secs(91)), Decision::Allowed { remaining: 0 });
         assert_eq!(limiter.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_peek_answers_like_a_check_and_takes_nothing() {
+        let limiter = Limiter::new("key_failures", RateLimit::parse("2/1m").unwrap(), None);
+        assert_eq!(limiter.peek("10.0.0.1", 1).await, Decision::Allowed { remaining: 1 });
+        assert!(limiter.is_empty(), "a peek at a full bucket keeps no bucket");
+        let t = Instant::now();
+        limiter.check_at("10.0.0.1", 1, t);
+        assert_eq!(limiter.peek("10.0.0.1", 1).await, Decision::Allowed { remaining: 0 });
+        limiter.check_at("10.0.0.1", 1, t);
+        let Decision::Limited { retry_after } = limiter.peek("10.0.0.1", 1).await else { panic!("not limited") };
+        assert!(retry_after > Duration::from_secs(29) && retry_after <= Duration::from_secs(30), "{retry_after:?}");
+        assert!(matches!(limiter.peek("10.0.0.1", 1).await, Decision::Limited { .. }));
+        assert_eq!(limiter.peek("10.0.0.2", 1).await, Decision::Allowed { remaining: 1 });
+        assert_eq!(limiter.len(), 1);
     }
 
     #[test]
