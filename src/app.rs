@@ -63,7 +63,8 @@ impl Application {
             store_timeout: cfg.request_timeout,
         };
         let cache = Cache::start(&cfg, background_stop.clone(), &tracker);
-        let limits = crate::auth::ratelimit::Limits::start(&cfg, background_stop.clone(), &tracker);
+        let limits =
+            crate::auth::ratelimit::Limits::start(&cfg, &secrets.key_secret, background_stop.clone(), &tracker);
         let queue = writer::start(pool.clone(), writer_cfg, cache.clone(), background_stop.clone(), &tracker);
         let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), &cfg, limits.key_failures.clone());
         // Keys revoked on other instances leave this one's key cache at once (over the cache bus).

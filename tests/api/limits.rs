@@ -152,7 +152,9 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
     let prefix = format!("test:{}:", Uuid::new_v4().simple());
     let a = spawn_app_with(shared_limits(&prefix)).await;
     let b = spawn_server_on(&a.db_name, shared_limits(&prefix)).await;
-    let bucket = format!("{prefix}rl:ingest:{}", a.key_id);
+    let secret = crate::helpers::KEY_SECRET.as_bytes();
+    let bucket = strata::auth::ratelimit::shared::redis_key(&prefix, secret, "ingest", &a.key_id.to_string());
+    assert!(!bucket.contains(&a.key_id.simple().to_string()[..8]), "{bucket}");
 
     let mut statuses = Vec::new();
     for _ in 0..6 {
@@ -269,4 +271,40 @@ async fn random_keys_never_push_a_valid_key_out_of_the_key_cache() {
     assert_eq!(revoked.unwrap(), 1);
     assert_eq!(cached.status, 201, "the valid key was answered from the cache: {}", cached.body);
     assert_eq!(app.raw_count().await, 3);
+}
+
+#[tokio::test]
+async fn unknown_keys_counted_on_one_instance_are_refused_on_another_and_redis_holds_no_address() {
+    let prefix = format!("test:{}:", Uuid::new_v4().simple());
+    let settings = |c: &mut Config| {
+        c.redis_url = Some(TEST_REDIS.into());
+        c.redis_prefix = prefix.clone();
+        c.redis_timeout = Duration::from_millis(500);
+        c.key_failure_rate_limit = limit("3/1m");
+    };
+    let a = spawn_app_with(settings).await;
+    let b = spawn_server_on(&a.db_name, settings).await;
+    let bucket = strata::auth::ratelimit::shared::redis_key(
+        &prefix,
+        crate::helpers::KEY_SECRET.as_bytes(),
+        "key_failures",
+        "127.0.0.1",
+    );
+
+    let mut on_a = Vec::new();
+    for _ in 0..3 {
+        on_a.push(code(&a.post("/api/events/track", &event()).await).1.to_owned());
+        on_a.push(code(&track_on(&a.http, a.addr, &random_key()).await).1.to_owned());
+    }
+    // Three unknown keys of 20 s each reported by A.
+    wait_for_redis_bucket(&bucket, 40_000).await;
+    let on_b = track_on(&b.http, b.addr, &random_key()).await;
+    let client = redis::Client::open(TEST_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+
+    assert_eq!(on_a, ["none", "invalid_api_key"].repeat(3));
+    assert_eq!(code(&on_b), (429, "too_many_key_failures"), "{}", on_b.body);
+    assert!(keys.contains(&bucket), "{keys:?}");
+    assert!(keys.iter().all(|k| !k.contains("127.0.0.1")), "{keys:?}");
 }

@@ -6,7 +6,7 @@
 //! - [`Limiter`]: the buckets of one limit, in shards of bounded size; a full, reported bucket is the
 //!   same as no bucket, so those go first when a shard is full.
 //! - [`shared`]: every [`SYNC_INTERVAL`] [`sync_loop`] reports each bucket's tokens taken since the
-//!   last report to its Redis key and reads back the shared state, which it merges into the local
+//!   last report to its Redis key (named by a keyed hash of the limited key) and reads back the shared state, which it merges into the local
 //!   bucket: N instances together stay within the limit up to what they take in one interval. A key
 //!   an instance has not seen recently is read from Redis once, on its first request.
 //! - Without Redis (unset, down, or slower than `STRATA_REDIS_TIMEOUT`), each instance limits alone,
@@ -242,8 +242,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limiters of `cfg`; with Redis configured and any limit on, spawns [`sync_loop`].
-    pub fn start(cfg: &Config, stop: CancellationToken, tracker: &TaskTracker) -> Limits {
+    /// The limiters of `cfg`; with Redis configured and any limit on, spawns [`sync_loop`]. Limited
+    /// keys are hashed under `secret` in Redis key names.
+    pub fn start(cfg: &Config, secret: &[u8], stop: CancellationToken, tracker: &TaskTracker) -> Limits {
         let any = [
             cfg.auth_rate_limit,
             cfg.ingest_rate_limit,
@@ -254,7 +255,7 @@ impl Limits {
         .iter()
         .any(Option::is_some);
         let shared = match &cfg.redis_url {
-            Some(url) if any => match Shared::new(url, &cfg.redis_prefix, cfg.redis_timeout) {
+            Some(url) if any => match Shared::new(url, &cfg.redis_prefix, cfg.redis_timeout, secret) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     tracing::warn!(error = %e, "REDIS_URL is unusable; each instance applies the rate limits alone");

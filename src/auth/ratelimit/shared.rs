@@ -1,8 +1,11 @@
-//! The Redis side of the limiters: one key per limited key, `{prefix}rl:{limiter}:{key}`, holding
+//! The Redis side of the limiters: one key per limited key, `{prefix}rl:{limiter}:{hash}`, holding
 //! the shared bucket's full-again time in Redis-clock microseconds (expiring when the bucket is full
 //! again). Instances report the tokens they took with `SYNC`, which pushes the time forward and
 //! answers how far ahead of now it is; a report of zero only reads. Redis's own clock is used, so
 //! instances' clocks need not agree.
+//!
+//! `{hash}` is a keyed hash of the limited key ([`redis_key`]): limited keys are client addresses
+//! and token ids, which Redis (a shared, often less guarded store) never sees in clear.
 //!
 //! Nothing here runs on the request path except [`Shared::fetch`], once per key an instance has
 //! not seen recently, and only while Redis answers ([`Shared::healthy`]).
@@ -10,7 +13,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::Sha256;
 
 /// KEYS[1] = the bucket; ARGV[1] = microseconds of tokens taken since the last report. Returns the
 /// microseconds the shared bucket is ahead of full (0 when full).
@@ -26,6 +31,20 @@ const SYNC: &str = "local t = redis.call('TIME') \
     if tat < now then return 0 end \
     return tat - now";
 
+/// Hex digits of the keyed hash kept in a Redis key (128 bits).
+const HASH_HEX: usize = 32;
+
+/// The Redis key of the bucket of `key` in limiter `limit`: HMAC-SHA256 under `secret` of
+/// `limit:key`, so the key name holds no client address or token id.
+pub fn redis_key(prefix: &str, secret: &[u8], limit: &str, key: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(limit.as_bytes());
+    mac.update(b":");
+    mac.update(key.as_bytes());
+    let hash = hex::encode(mac.finalize().into_bytes());
+    format!("{prefix}rl:{limit}:{}", &hash[..HASH_HEX])
+}
+
 /// Reports sent in one pipeline at most.
 const PIPELINE_MAX: usize = 1000;
 
@@ -36,6 +55,8 @@ const SYNC_TIMEOUT_MIN: Duration = Duration::from_millis(500);
 pub struct Shared {
     conn: ConnectionManager,
     prefix: String,
+    /// Key of the hash of limited keys in Redis key names.
+    secret: Vec<u8>,
     /// SHA1 of [`SYNC`], learnt from Redis by the first report (the `script` feature of the
     /// redis crate, which would compute it, is not enabled).
     sha: std::sync::OnceLock<String>,
@@ -47,8 +68,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A lazy connection to `url` (nothing is sent yet).
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Shared, redis::RedisError> {
+    /// A lazy connection to `url` (nothing is sent yet); limited keys are hashed under `secret`.
+    pub fn new(url: &str, prefix: &str, timeout: Duration, secret: &[u8]) -> Result<Shared, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
@@ -59,6 +80,7 @@ impl Shared {
         Ok(Shared {
             conn,
             prefix: prefix.to_owned(),
+            secret: secret.to_owned(),
             sha: std::sync::OnceLock::new(),
             timeout,
             healthy: AtomicBool::new(true),
@@ -85,7 +107,7 @@ impl Shared {
 
     /// The Redis key of `key` in limiter `name`.
     pub fn key(&self, name: &str, key: &str) -> String {
-        format!("{}rl:{name}:{key}", self.prefix)
+        redis_key(&self.prefix, &self.secret, name, key)
     }
 
     /// How far ahead of full the shared bucket `redis_key` is, or `None` when Redis did not answer
