@@ -359,3 +359,36 @@ impl Drop for PrivateRedis {
         self.kill();
     }
 }
+
+/// Reads one HTTP/1.1 answer from `rd` until its body is complete (by `Content-Length`) or the
+/// connection ends, within 60 s: for tests that write requests byte by byte.
+pub async fn read_answer(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let read = async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+                let len = head.lines().find_map(|l| l.strip_prefix("content-length: ")?.trim().parse::<usize>().ok());
+                if len.is_some_and(|len| answer.len() >= end + 4 + len) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.expect("answered within 60 s");
+    answer
+}
+
+impl TestApp {
+    /// The event types of this app's stored events, sorted.
+    pub async fn event_types(&self) -> Vec<String> {
+        let rows = self.db.query("SELECT event_type FROM events ORDER BY event_type", &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+}

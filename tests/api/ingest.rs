@@ -180,15 +180,7 @@ async fn batch_with_bad_events_stores_the_good_ones_and_reports_the_bad() {
         (11, "invalid_event"),
     ];
     assert_eq!(errors, expected.map(|(i, c)| (i, c.to_string())));
-    let types: Vec<String> = app
-        .db
-        .query("SELECT event_type FROM events ORDER BY event_type", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(types, ["ok_1", "ok_2"]);
+    assert_eq!(app.event_types().await, ["ok_1", "ok_2"]);
     assert_eq!(app.rollup_count().await, 2);
 }
 

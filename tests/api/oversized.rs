@@ -2,11 +2,10 @@
 //! with 413 `payload_too_large`: with a `Content-Length`, chunked, and gzip-encoded.
 
 use std::io::Write;
-use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::helpers::{reply, spawn_app_with, TestApp};
@@ -64,24 +63,7 @@ async fn exchange(app: &TestApp, head: &str, framing: Framing, body: &[u8]) -> (
             let _ = wr.write_all(b"0\r\n\r\n").await;
         }
     });
-    let mut answer = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let read = async {
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-                let len = head.lines().find_map(|l| l.strip_prefix("content-length: ")?.trim().parse::<usize>().ok());
-                if len.is_some_and(|len| answer.len() >= end + 4 + len) {
-                    break;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read).await.expect("answered within 60 s");
+    let answer = crate::helpers::read_answer(&mut rd).await;
     writer.abort();
     let end = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
     let status = String::from_utf8_lossy(&answer[9..12]).parse().unwrap();

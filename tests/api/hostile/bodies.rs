@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::*;
@@ -35,25 +35,7 @@ async fn a_100_mb_streamed_body_is_refused_with_413_without_being_read_to_the_en
         }
         sent
     });
-    let mut answer = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    // Reads until the answer's body is complete (or the connection ends).
-    let read = async {
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-                let len = head.lines().find_map(|l| l.strip_prefix("content-length: ")?.trim().parse::<usize>().ok());
-                if len.is_some_and(|len| answer.len() >= end + 4 + len) {
-                    break;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read).await.expect("answered within 60 s");
+    let answer = crate::helpers::read_answer(&mut rd).await;
     let (status, _, body) = split_answer(&answer);
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
