@@ -51,6 +51,7 @@ impl Application {
         let pool = db::pool(&url, &cfg)?;
         let secrets = {
             let client = pool.get().await.context("connecting to the database")?;
+            crate::accounts::report_repairs(&client).await.context("reporting owner repairs")?;
             Secrets::load(&client, &cfg).await?
         };
         let background_stop = CancellationToken::new();

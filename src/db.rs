@@ -32,9 +32,6 @@ pub enum DbError {
     /// Migrations failed.
     #[error("migrations failed: {0}")]
     Migrate(#[source] refinery::Error),
-    /// Reading the record of V6's owner repairs failed.
-    #[error("could not report owner repairs: {0}")]
-    Repairs(#[source] crate::accounts::AccountError),
     /// Partition DDL failed.
     #[error("partition maintenance failed: {0}")]
     Partition(#[from] partition_jobs::Error),
@@ -84,7 +81,6 @@ pub async fn migrate(url: &str, premake_months: u32, lock_timeout: Duration) -> 
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied");
     }
-    crate::accounts::report_repairs(&client).await.map_err(DbError::Repairs)?;
     let now = Month::containing(Utc::now());
     partition_jobs::ensure_months(&client, now, now.add_months(premake_months as i32), lock_timeout).await?;
     Ok(())

@@ -153,6 +153,7 @@ async fn run_admin(command: Command, cfg: &Config) -> anyhow::Result<()> {
     let url = app::database_url(cfg).await?;
     db::migrate(&url, cfg.premake_months, cfg.partition_lock_timeout).await.context("migrating")?;
     let client = db::connect(&url).await?;
+    accounts::report_repairs(&client).await.context("reporting owner repairs")?;
     let secrets = db::Secrets::load(&client, cfg).await?;
     match command {
         Command::Migrate => println!("migrations applied"),

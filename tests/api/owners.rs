@@ -213,6 +213,8 @@ impl PreV6Database {
     async fn migrate(&self) {
         let url = crate::helpers::test_config(&self.name).database_url.unwrap();
         strata::db::migrate(&url, 3, Duration::from_secs(5)).await.unwrap();
+        let client = strata::db::connect(&url).await.unwrap();
+        strata::accounts::report_repairs(&client).await.unwrap();
     }
 }
 
