@@ -128,8 +128,28 @@ enum KeysCommand {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// mimalloc's `mi_option_purge_delay` (position in its `mi_option_e`, v3; checked by a test).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS at once (mimalloc's default waits 1 s, then purges only when that
+/// thread allocates again, so memory freed by threads that then idle stayed resident: after a burst
+/// of large request bodies the server kept 4x its idle RSS). Measured with `cargo bench --bench
+/// hostile`: RSS 30 s after the attack 123 MB -> 47 MB, peak 222 MB -> 138 MB. An operator's
+/// `MIMALLOC_PURGE_DELAY` still wins.
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; called before any other thread exists.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cfg = Config::from_env()?;
     init_tracing(cfg.log_json);
@@ -248,5 +268,20 @@ fn init_tracing(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option number is mimalloc's purge delay: its documented default (1000 ms in v3) reads back.
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_purge_delay_option_is_the_one_we_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads a plain integer option.
+        let default = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(default, 1000);
     }
 }

@@ -1,11 +1,16 @@
 //! Owner passwords: argon2id hashes in PHC string form (salt and parameters inside), computed on the
-//! blocking pool because one hash costs tens of milliseconds of CPU and ~19 MiB of memory.
+//! blocking pool because one hash costs tens of milliseconds of CPU and ~19 MiB of memory. At most
+//! [`slots`] hashes run at once, server-wide: a burst of registrations and logins (from many
+//! addresses, so the per-address auth limit does not stop it) waits for a slot instead of holding
+//! 19 MiB each, and is refused ([`PasswordError::Busy`]) when it would wait longer than [`SLOT_WAIT`].
 
-use std::sync::OnceLock;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand::RngCore;
+use tokio::sync::Semaphore;
 
 /// Shortest password accepted at registration.
 pub const PASSWORD_MIN_CHARS: usize = 8;
@@ -21,12 +26,39 @@ pub enum PasswordError {
     /// The blocking task panicked or was cancelled.
     #[error("password hashing task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Every hashing slot stayed taken for [`SLOT_WAIT`].
+    #[error("every password hashing slot is busy")]
+    Busy,
+}
+
+/// How long a hash waits for a slot before the request is refused.
+pub const SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// Hashes that may run at once: one per two cores, at least one (each holds ~19 MiB while it runs).
+pub fn slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+static SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(slots())));
+
+/// Runs `work` on the blocking pool in one of the hashing slots. The slot goes with the work, so a
+/// request abandoned by its client still holds it until the hash is done.
+async fn in_slot<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordError> {
+    let permit = match tokio::time::timeout(SLOT_WAIT, SLOTS.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        _ => return Err(PasswordError::Busy),
+    };
+    Ok(tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        work()
+    })
+    .await?)
 }
 
 /// The argon2id PHC string of `password` with a fresh random salt (argon2 crate defaults: m = 19 MiB,
 /// t = 2, p = 1, the OWASP minimum).
 pub async fn hash(password: String) -> Result<String, PasswordError> {
-    tokio::task::spawn_blocking(move || hash_now(&password)).await?
+    in_slot(move || hash_now(&password)).await?
 }
 
 fn hash_now(password: &str) -> Result<String, PasswordError> {
@@ -42,7 +74,7 @@ fn hash_now(password: &str) -> Result<String, PasswordError> {
 /// password) a dummy hash is verified anyway, so the answer takes as long as for a real owner and
 /// timing does not tell which emails exist; the result is then always false.
 pub async fn verify(password: String, phc: Option<String>) -> Result<bool, PasswordError> {
-    tokio::task::spawn_blocking(move || {
+    in_slot(move || {
         let (phc, real) = match phc {
             Some(p) => (p, true),
             None => (dummy_hash().to_string(), false),
@@ -71,5 +103,17 @@ mod tests {
         assert!(verify("correct horse".into(), Some(phc.clone())).await.unwrap());
         assert!(!verify("wrong horse".into(), Some(phc)).await.unwrap());
         assert!(!verify("anything".into(), None).await.unwrap());
+    }
+
+    /// While every slot is taken, a hash waits [`SLOT_WAIT`] and is refused; once one is free it runs.
+    #[tokio::test(start_paused = true)]
+    async fn hashes_beyond_the_slots_wait_then_are_refused() {
+        let held = SLOTS.clone().acquire_many_owned(slots() as u32).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let refused = hash("correct horse".into()).await.unwrap_err();
+        assert!(matches!(refused, PasswordError::Busy), "{refused}");
+        assert_eq!(started.elapsed(), SLOT_WAIT);
+        drop(held);
+        assert!(hash("correct horse".into()).await.unwrap().starts_with("$argon2id$"));
     }
 }

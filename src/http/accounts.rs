@@ -128,7 +128,7 @@ async fn register(s: AppState, body: Body<RegisterIn>) -> Answer {
     }
     // Validated before the (costly) hash, so bad requests cost no hashing.
     store::email::Email::parse(&b.email).map_err(account_error)?;
-    let hash = password::hash(b.password).await.map_err(ApiError::internal)?;
+    let hash = password::hash(b.password).await?;
     let owner = store::create_owner(&**db(&s).await?, &b.email, &b.name, &hash, false).await.map_err(account_error)?;
     let (token, _) = tokens::issue(&s.secrets.jwt_secret, owner.id, &owner.email, Utc::now(), s.cfg.token_ttl);
     Ok(created(json!({"user": owner, "token": token})))
@@ -147,7 +147,7 @@ async fn login(s: AppState, body: Body<LoginIn>) -> Answer {
         None => (None, None),
     };
     // Verified even for unknown emails (against a dummy hash): same answer, same time.
-    let ok = password::verify(b.password, hash).await.map_err(ApiError::internal)?;
+    let ok = password::verify(b.password, hash).await?;
     let Some(owner) = owner.filter(|_| ok) else {
         return Err(ApiError::unauthorized("invalid_credentials", BAD_CREDENTIALS));
     };

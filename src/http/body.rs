@@ -44,52 +44,40 @@ impl Encoding {
     }
 }
 
-/// A body as received: hyper's pieces, not joined (joining is a large allocation, made only on a
-/// decoding thread; see [`super::budget`]).
+/// A body as received, in one buffer. Each piece hyper hands over is copied in at once: a piece
+/// kept as it is would pin the whole read buffer it was cut from, unaccounted. With a
+/// `Content-Length` the buffer is sized (and accounted) once, before any byte is read, so a body the
+/// budget cannot hold is refused without reading it.
 #[derive(Default)]
 pub struct Raw {
-    pieces: Vec<bytes::Bytes>,
-    len: usize,
+    buf: Vec<u8>,
 }
 
 impl Raw {
     /// Bytes received.
     pub fn len(&self) -> usize {
-        self.len
+        self.buf.len()
     }
 
     /// Whether nothing was received.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The pieces as one reader.
-    fn reader(&self) -> impl Read + '_ {
-        self.pieces.iter().fold(Box::new(std::io::empty()) as Box<dyn Read>, |r, p| Box::new(r.chain(&p[..])))
-    }
-
-    /// The pieces as one buffer: the only piece as it is, else a copy accounted in `ticket`.
-    fn join(self, ticket: &mut Ticket) -> Result<bytes::Bytes, ApiError> {
-        let mut pieces = self.pieces;
-        if pieces.len() <= 1 {
-            return Ok(pieces.pop().unwrap_or_default());
-        }
-        ticket.grow(self.len)?;
-        let mut out = Vec::with_capacity(self.len);
-        for piece in pieces {
-            out.extend_from_slice(&piece);
-        }
-        Ok(out.into())
+        self.buf.is_empty()
     }
 }
 
-/// The body as sent, at most `max_bytes`, each piece accounted in `ticket` before it is kept.
+/// The body as sent, at most `max_bytes`, its buffer accounted in `ticket` before it is held.
 pub async fn read_raw(body: Body, max_bytes: usize, ticket: &mut Ticket) -> Result<Raw, ApiError> {
-    if hyper::body::Body::size_hint(&body).lower() > max_bytes as u64 {
+    let hint = hyper::body::Body::size_hint(&body);
+    if hint.lower() > max_bytes as u64 {
         return Err(too_large(max_bytes));
     }
+    let mut buf = Vec::new();
+    if let Some(n) = hint.exact() {
+        let n = n as usize; // at most max_bytes, checked above
+        ticket.grow(n)?;
+        buf.reserve_exact(n);
+    }
     let mut body = http_body_util::Limited::new(body, max_bytes);
-    let mut raw = Raw::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
@@ -99,20 +87,25 @@ pub async fn read_raw(body: Body, max_bytes: usize, ticket: &mut Ticket) -> Resu
             }
         })?;
         if let Ok(data) = frame.into_data() {
-            ticket.grow(data.len())?;
-            raw.len += data.len();
-            raw.pieces.push(data);
+            let needed = buf.len() + data.len();
+            if needed > buf.capacity() {
+                // Without a length (chunked), or past it: double, never beyond the limit.
+                let target = needed.max(buf.capacity() * 2).min(max_bytes).max(needed);
+                ticket.grow(target - buf.capacity())?;
+                buf.reserve_exact(target - buf.len());
+            }
+            buf.extend_from_slice(&data);
         }
     }
-    Ok(raw)
+    Ok(Raw { buf })
 }
 
 /// The decoded body, at most `max_bytes`; the output is accounted in `ticket` as it grows.
 pub fn decode(encoding: Encoding, raw: Raw, max_bytes: usize, ticket: &mut Ticket) -> Result<bytes::Bytes, ApiError> {
     let out = match encoding {
-        Encoding::Identity => return raw.join(ticket),
-        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(raw.reader()), max_bytes, Some(ticket))?,
-        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(raw.reader()), max_bytes, Some(ticket))?,
+        Encoding::Identity => return Ok(raw.buf.into()),
+        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(&raw.buf[..]), max_bytes, Some(ticket))?,
+        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(&raw.buf[..]), max_bytes, Some(ticket))?,
     };
     Ok(out.into())
 }
@@ -120,13 +113,9 @@ pub fn decode(encoding: Encoding, raw: Raw, max_bytes: usize, ticket: &mut Ticke
 /// At most the first `n` bytes of the decoded body (fewer when it is shorter).
 pub fn decode_prefix(encoding: Encoding, raw: &Raw, n: usize) -> Vec<u8> {
     let out = match encoding {
-        Encoding::Identity => {
-            let mut prefix = Vec::with_capacity(n.min(raw.len));
-            let _ = raw.reader().take(n as u64).read_to_end(&mut prefix);
-            return prefix;
-        }
-        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(raw.reader()), n, None),
-        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(raw.reader()), n, None),
+        Encoding::Identity => return raw.buf[..n.min(raw.len())].to_vec(),
+        Encoding::Gzip => inflate(flate2::read::GzDecoder::new(&raw.buf[..]), n, None),
+        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(&raw.buf[..]), n, None),
     };
     // A prefix past the limit, or one that does not decode to the end, is still a prefix.
     out.unwrap_or_else(|partial| partial.prefix)
@@ -232,6 +221,52 @@ impl hyper::body::Body for Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::budget::Budget;
+
+    /// A body that announces `len` bytes and never sends any.
+    struct Announced {
+        len: u64,
+    }
+
+    impl hyper::body::Body for Announced {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.len)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_the_budget_cannot_hold_is_refused_before_a_byte_is_read() {
+        let budget = Budget::new(1024 * 1024, 1);
+        let mut other = budget.ticket();
+        other.grow(1000 * 1024).unwrap();
+        let mut ticket = budget.ticket();
+        // Never sends a byte: only a refusal made from the announced length returns.
+        let e = read_raw(Body::new(Announced { len: 100 * 1024 }), 1 << 20, &mut ticket).await.err().unwrap();
+        assert_eq!((e.status.as_u16(), e.code), (503, "overloaded"));
+        assert_eq!(ticket.bytes(), 0);
+        let e = read_raw(Body::new(Announced { len: 2 << 20 }), 1 << 20, &mut ticket).await.err().unwrap();
+        assert_eq!((e.status.as_u16(), e.code), (413, "payload_too_large"));
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_into_one_buffer_accounted_at_its_length() {
+        let budget = Budget::new(1024 * 1024, 1);
+        let mut ticket = budget.ticket();
+        let raw = read_raw(Body::from("{\"events\":[]}"), 1 << 20, &mut ticket).await.unwrap();
+        assert_eq!((raw.len(), ticket.bytes()), (13, 13));
+        let body = decode(Encoding::Identity, raw, 1 << 20, &mut ticket).unwrap();
+        assert_eq!(&body[..], b"{\"events\":[]}");
+    }
 
     #[tokio::test]
     async fn chunks_are_sent_in_order_with_their_exact_length() {

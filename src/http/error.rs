@@ -87,6 +87,19 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// A hash that found no slot is load, not a fault: 503 `overloaded` (with `Retry-After`).
+impl From<crate::auth::password::PasswordError> for ApiError {
+    fn from(e: crate::auth::password::PasswordError) -> ApiError {
+        match e {
+            crate::auth::password::PasswordError::Busy => ApiError::unavailable(
+                "overloaded",
+                "the server is hashing as many passwords as it can at once; retry after the Retry-After delay",
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({
