@@ -15,9 +15,8 @@
 //! - [`query`]: analytics query planning (rollups for whole slots, raw rows for edges) and execution.
 //! - [`metrics`]: Prometheus recorder, metric names, request middleware, scrape-time gauges.
 //! - [`privacy`]: erasing one end user's events with their rollups (privacy requests).
-//! - [`rollups`]: rebuilding rollups from raw rows (CLI and scheduler).
-//! - [`tiers`]: the multi-tier rollups (hour, day, month) with distinct-count sketches: writer deltas,
-//!   compaction, rebuilds.
+//! - [`rollup`]: the rollups (hourly and multi-tier, with distinct-count sketches): writer deltas,
+//!   compaction, rebuilds from raw rows.
 //! - [`app`]: building, running and draining the server.
 
 pub mod accounts;
@@ -33,5 +32,4 @@ pub mod jobs;
 pub mod metrics;
 pub mod privacy;
 pub mod query;
-pub mod rollups;
-pub mod tiers;
+pub mod rollup;

@@ -1,6 +1,6 @@
 //! One group-commit transaction: claim event ids (idempotency), write the new events, upsert the
 //! hourly rollup deltas of exactly those events and insert their multi-tier deltas (see
-//! [`crate::tiers`]), then commit. Every statement takes its row locks in sorted key order, so
+//! [`crate::rollup`]), then commit. Every statement takes its row locks in sorted key order, so
 //! concurrent writers queue behind each other instead of deadlocking.
 //!
 //! Round trips are what a small flush waits for, so statements are pipelined: `BEGIN` travels with
@@ -99,7 +99,7 @@ async fn pipelined(client: &Client, rows: &[&EventRow], shard: i16) -> Result<Ve
         client.prepare_cached(INSERT_EVENTS),
         client.prepare_cached(UPSERT_HOURLY),
         client.prepare_cached(UPSERT_DIMS),
-        client.prepare_cached(crate::tiers::INSERT_DELTAS),
+        client.prepare_cached(crate::rollup::compact::INSERT_DELTAS),
     )?;
     let (claim, insert_events, hourly, dims, tiers) = statements;
     let mut pairs: Vec<(Uuid, Uuid)> = rows.iter().map(|r| (r.app_id, r.event_id)).collect();
@@ -135,7 +135,7 @@ async fn pipelined(client: &Client, rows: &[&EventRow], shard: i16) -> Result<Ve
         }
     };
     let rollups = Rollups::of(&new_rows, shard);
-    let deltas = crate::tiers::DeltaColumns::of(crate::tiers::deltas(&new_rows));
+    let deltas = crate::rollup::compact::DeltaColumns::of(crate::rollup::compact::deltas(&new_rows));
     // In this order on the wire (each future sends its message on its first poll, and join! polls them
     // in order first): the events, the rollup upserts (which wait while a rebuild holds the rollup
     // lock), the tier deltas, COMMIT.

@@ -1,4 +1,4 @@
-//! Executing a plan against the multi-tier rollups (`rollup_tiers`, see [`crate::tiers`]) and the raw
+//! Executing a plan against the multi-tier rollups (`rollup_tiers`, see [`crate::rollup`]) and the raw
 //! rows: events, distinct users and sessions, and breakdowns per bucket (and per event type).
 //!
 //! The planner gives whole UTC hours of months whose tiers are complete (never straddling a bucket
@@ -6,7 +6,7 @@
 //! largest tier periods inside it (UTC months, then days, then hours), so a 90-day daily timeline in
 //! UTC reads 90 day rows; in other zones days are made of hours. Uncompacted writer deltas of the
 //! covered hours are added to the piece holding their hour; raw spans add their rows' counts and ids.
-//! Distinct counts merge sketches (see [`super::sketch`]): exact while small, HyperLogLog beyond.
+//! Distinct counts merge sketches (see [`crate::rollup::sketch`]): exact while small, HyperLogLog beyond.
 
 use std::collections::HashMap;
 
@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::plan::{month_of, plan, Plan, Span, HOUR, QUARTER_HOUR};
 use super::store::rows;
 use super::{QueryError, Source};
-use crate::tiers::{tier_end, tier_start, Agg, DAY, HOUR as HOUR_TIER, MONTH, QUARTER};
+use crate::rollup::compact::{tier_end, tier_start, Agg, DAY, HOUR as HOUR_TIER, MONTH, QUARTER};
 
 /// What to read.
 #[derive(Debug, Clone, Copy)]
@@ -250,7 +250,7 @@ fn pieces(spans: &[Span], bounds: &[DateTime<Utc>]) -> Vec<Piece> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tiers::HOUR as H;
+    use crate::rollup::compact::HOUR as H;
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

@@ -9,7 +9,7 @@
 //!   deltas and merges them into the quarter-hour (all types only), hour, day and month rows in one
 //!   transaction, under an advisory lock, so one compactor runs per database and every delta is
 //!   counted either as itself or in the merged rows, never both.
-//! - Rebuilds ([`rebuild_in`], part of `rollups::recompute`) recompute hours and quarter hours from raw
+//! - Rebuilds ([`rebuild_in`], part of `rebuild::recompute`) recompute hours and quarter hours from raw
 //!   rows, then the days and months holding them from the hours.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,8 +22,8 @@ use tokio_postgres::{Row, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::sketch::{CorruptSketch, Sketch};
 use crate::ingest::event::EventRow;
-use crate::query::sketch::{CorruptSketch, Sketch};
 
 /// A writer's delta of one hour (one quarter hour for all types together).
 pub const DELTA: i16 = 0;
@@ -150,8 +150,8 @@ type KeyColumns<'a> = (Vec<Uuid>, Vec<i16>, Vec<DateTime<Utc>>, Vec<&'a str>);
 pub fn deltas(rows: &[&EventRow]) -> BTreeMap<Key, Agg> {
     let mut out: BTreeMap<Key, Agg> = BTreeMap::new();
     for r in rows {
-        let user = r.user_id.as_deref().map(crate::query::sketch::hash);
-        let session = r.session_id.as_deref().map(crate::query::sketch::hash);
+        let user = r.user_id.as_deref().map(super::sketch::hash);
+        let session = r.session_id.as_deref().map(super::sketch::hash);
         let ua = r.ua.as_deref();
         let values =
             [ua.map(|u| u.device.as_str()), ua.and_then(|u| u.browser.as_deref()), ua.and_then(|u| u.os.as_deref())];
@@ -370,8 +370,8 @@ pub async fn compact_loop(pool: Pool, interval: Duration, stop: CancellationToke
 const DELETE_HOURS: &str = "DELETE FROM rollup_tiers \
      WHERE tier = 1 AND start >= $1 AND start < $2 AND ($3::uuid IS NULL OR app_id = $3)";
 
-// Hours from raw rows; the breakdowns from `rollup_hourly_dims`, which `rollups::recompute` rebuilt
-// for the same hours just before. Hashes: see `query::sketch::hash`.
+// Hours from raw rows; the breakdowns from `rollup_hourly_dims`, which `rebuild::recompute` rebuilt
+// for the same hours just before. Hashes: see `sketch::hash`.
 const INSERT_HOURS: &str = "WITH raw AS ( \
        SELECT app_id, h, COALESCE(t, '') AS t, count(*) AS n, \
          COALESCE(string_agg(DISTINCT u, ''::bytea ORDER BY u), ''::bytea) AS users, \
@@ -415,7 +415,7 @@ const READ_TIER: &str = "SELECT app_id, start, event_type, events, users, sessio
 const DELETE_TIER: &str = "DELETE FROM rollup_tiers \
      WHERE tier = $1 AND start >= $2 AND start < $3 AND ($4::uuid IS NULL OR app_id = $4)";
 
-/// Inside `tx` (which holds `rollups::lock`, so no writer commits meanwhile, and has just rebuilt
+/// Inside `tx` (which holds `rebuild::lock`, so no writer commits meanwhile, and has just rebuilt
 /// `rollup_hourly_dims` for the same hours): recomputes the tiers of `[start, end)` (whole UTC
 /// hours) for `app` or all apps. Returns the hour rows written.
 pub async fn rebuild_in(

@@ -11,7 +11,7 @@ use partition_jobs::Month;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use crate::tiers::TierError;
+use super::compact::TierError;
 
 const DELETE_HOURLY: &str = "DELETE FROM rollup_hourly \
      WHERE hour >= $1 AND hour < $2 AND ($3::uuid IS NULL OR app_id = $3)";
@@ -111,7 +111,7 @@ pub async fn recompute(
     tx.execute(DELETE_DIMS, &[&start, &end, &app]).await?;
     let hourly = tx.execute(INSERT_HOURLY, &[&start, &end, &app]).await?;
     let dims = tx.execute(INSERT_DIMS, &[&start, &end, &app]).await?;
-    let tier_hours = crate::tiers::rebuild_in(tx, app, start, end).await?;
+    let tier_hours = super::compact::rebuild_in(tx, app, start, end).await?;
     Ok((hourly, dims, tier_hours))
 }
 
