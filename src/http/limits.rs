@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::bearer::{bearer_token, token_matches};
-use crate::auth::ratelimit::{Decision, Limiter, RateLimit};
+use crate::auth::ratelimit::{Decision, Limiter};
+use crate::config::RateLimit;
 
 /// What is left of a limit after an allowed request.
 #[derive(Debug, Clone, Copy)]
