@@ -96,5 +96,6 @@ fn token_key(s: &AppState, headers: &HeaderMap) -> Option<String> {
     if token_matches(token, &s.secrets.admin_token) {
         return Some("admin".to_owned());
     }
-    super::accounts::verify_token(s, token).ok().map(|claims| format!("owner:{}", claims.jti))
+    let claims = crate::auth::tokens::verify(&s.secrets.jwt_secret, token, chrono::Utc::now()).ok()?;
+    Some(format!("owner:{}", claims.jti))
 }
