@@ -1,7 +1,7 @@
 //! Two-tier cache benchmark: `cargo bench --bench cache` (issue 5's benchmark).
 //!
 //! Loads synthetic events for one app over the last 90 days into a scratch database (binary COPY,
-//! `rollups::rebuild`, `ANALYZE`; dropped at the end), then measures the 90-day daily timeline over HTTP
+//! `rollup::rebuild`, `ANALYZE`; dropped at the end), then measures the 90-day daily timeline over HTTP
 //! with the admin token against the real `strata serve`, started three times on one Redis
 //! (`REDIS_URL=redis://127.0.0.1:6379`, a unique `STRATA_REDIS_PREFIX` per run of the benchmark):
 //!

@@ -1,7 +1,7 @@
 //! Analytics query benchmark: `cargo bench --bench queries` (issue 4's benchmark).
 //!
 //! Loads synthetic events into a scratch database (created on the local PostgreSQL and dropped at the
-//! end) the fast way: binary COPY straight into `events`, then `rollups::rebuild`, then `ANALYZE`.
+//! end) the fast way: binary COPY straight into `events`, then `rollup::rebuild`, then `ANALYZE`.
 //! 10 apps with skewed sizes (30%, 20%, 15%, 10%, 8%, 6%, 4%, 3%, 2%, 2%), users = 2% of the events,
 //! sessions = 10%, 20 event types, `created_at` uniform over the last 365 days (never in the future).
 //!

@@ -83,7 +83,11 @@ impl Application {
             cfg.partition_lock_timeout,
             background_stop.clone(),
         ));
-        tracker.spawn(crate::tiers::compact_loop(pool.clone(), cfg.tier_compact_interval, background_stop.clone()));
+        tracker.spawn(crate::rollup::compact::compact_loop(
+            pool.clone(),
+            cfg.tier_compact_interval,
+            background_stop.clone(),
+        ));
         tracker.spawn(crate::ingest::dedupe::prune_loop(pool.clone(), cfg.dedupe_window, background_stop.clone()));
         let ua = tokio::task::spawn_blocking(UaParser::new).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;

@@ -37,7 +37,7 @@ pub enum JobError {
     Rebuild(#[from] tokio_postgres::Error),
     /// The multi-tier rollup rebuild after moving default-partition rows failed.
     #[error("rebuilding rollup tiers of moved rows failed: {0}")]
-    Tiers(#[from] crate::tiers::TierError),
+    Tiers(#[from] crate::rollup::RollupError),
 }
 
 /// The policy the configuration asks for, keeping the stored analyze thresholds.
@@ -85,10 +85,10 @@ pub async fn run_maintenance(
     let hours = report.affected_hours();
     if !hours.is_empty() {
         for hour in &hours {
-            crate::rollups::rebuild(&mut client, None, *hour, *hour + chrono::Duration::hours(1)).await?;
+            crate::rollup::rebuild::rebuild(&mut client, None, *hour, *hour + chrono::Duration::hours(1)).await?;
         }
         for month in report.affected_months() {
-            crate::rollups::mark_month_complete(&client, month).await?;
+            crate::rollup::months::mark_month_complete(&client, month).await?;
         }
         if let Some(cache) = cache {
             let hours: Vec<_> = hours.iter().copied().collect();

@@ -1,23 +1,28 @@
 //! Strata: a partition-aware time-series event store and analytics service on PostgreSQL.
 //!
 //! # Layout
-//! - [`config`]: typed configuration, defaults, env overrides, validation.
-//! - [`db`]: connection pool, migrations, partitions made at migrate time, server secrets.
+//! One module per concern, each importing only modules listed above it (so
+//! `python3 ../shared/tools/rust-cycles.py src` finds no cycle between them):
+//! - [`config`]: typed configuration, defaults, env overrides, validation, and the types of setting
+//!   values (durations, rate limits, trusted proxies with the client-address walk).
+//! - [`metrics`]: Prometheus recorder, metric names, request middleware, scrape-time gauges.
 //! - [`embedded`]: the private PostgreSQL cluster used when no `DATABASE_URL` is set.
-//! - [`accounts`]: owners, apps and API keys in storage (CLI and the accounts API).
+//! - [`db`]: connection pool, migrations, partitions made at migrate time, server secrets.
 //! - [`auth`]: API-key authentication with its in-process cache, bearer tokens, owner passwords,
-//!   rate limits (auth per IP, ingestion per API key, analytics per token) shared through Redis.
+//!   rate limiters (auth per IP, ingestion per API key, analytics per token) shared through Redis.
+//! - [`accounts`]: owners, apps and API keys in storage (CLI and the accounts API).
+//! - [`rollup`]: the rollups, in one room per concern: periods ([`rollup::tier::Tier`]),
+//!   distinct-count sketches and aggregates, the writer's deltas, compaction, rebuilds from raw
+//!   rows, the rollup side of erasure, trusted months. It imports nothing of `ingest` or `query`.
+//! - [`query`]: analytics query planning (rollups for whole slots, raw rows for edges) and execution.
 //! - [`cache`]: the analytics cache: L1 moka, L2 Redis, one read-through facade with single flight.
 //! - [`ingest`]: event validation and normalisation, user-agent parsing, the bounded queue and the
-//!   group-commit writers that COPY events and upsert rollups in one transaction.
+//!   group-commit writers that COPY events and write their rollup deltas in one transaction.
+//! - [`privacy`]: erasing one end user's events (privacy requests), rollups recounted in the same
+//!   transaction.
+//! - [`jobs`]: the maintenance scheduler (partition-jobs under the runner lock, then rebuilding the
+//!   rollups of the rows it moved).
 //! - [`http`]: axum routers per area, the shared state and the JSON error type.
-//! - [`jobs`]: the maintenance scheduler (partition-jobs under the runner lock, rollup repair).
-//! - [`query`]: analytics query planning (rollups for whole slots, raw rows for edges) and execution.
-//! - [`metrics`]: Prometheus recorder, metric names, request middleware, scrape-time gauges.
-//! - [`privacy`]: erasing one end user's events with their rollups (privacy requests).
-//! - [`rollups`]: rebuilding rollups from raw rows (CLI and scheduler).
-//! - [`tiers`]: the multi-tier rollups (hour, day, month) with distinct-count sketches: writer deltas,
-//!   compaction, rebuilds.
 //! - [`app`]: building, running and draining the server.
 
 pub mod accounts;
@@ -33,5 +38,4 @@ pub mod jobs;
 pub mod metrics;
 pub mod privacy;
 pub mod query;
-pub mod rollups;
-pub mod tiers;
+pub mod rollup;

@@ -222,7 +222,7 @@ async fn run_admin(command: Command, cfg: &Config) -> anyhow::Result<()> {
         Command::Rollups(RollupsCommand::Rebuild { app, from, to }) => {
             let mut client = client;
             let (from, to) = rebuild_range(&client, from.as_deref(), to.as_deref()).await?;
-            let report = strata::rollups::rebuild(&mut client, app, from, to).await?;
+            let report = strata::rollup::rebuild::rebuild(&mut client, app, from, to).await?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::Serve { .. } | Command::DbStop => unreachable!("handled by main"),

@@ -212,10 +212,14 @@ pub(crate) async fn load(url: &str, n: usize, apps: usize, days: i64) -> Result<
     let copy = load_events(url, &spec).await?;
     println!("  COPY: {:.1} s ({} rows/s)", copy.as_secs_f64(), fmt_int((n as f64 / copy.as_secs_f64()) as u64));
     let t = Instant::now();
-    let report =
-        strata::rollups::rebuild(&mut client, None, Month::containing(from).start(), Month::containing(now).end())
-            .await
-            .context("rebuilding rollups")?;
+    let report = strata::rollup::rebuild::rebuild(
+        &mut client,
+        None,
+        Month::containing(from).start(),
+        Month::containing(now).end(),
+    )
+    .await
+    .context("rebuilding rollups")?;
     println!(
         "  rollups rebuild: {:.1} s ({} hourly rows, {} dim rows, {} months)",
         t.elapsed().as_secs_f64(),

@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn key_cache_capacity_and_the_unknown_key_limit_are_configurable() {
-        use crate::auth::ratelimit::RateLimit;
+        use crate::config::RateLimit;
         let vars = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let c = Config::default();
         assert_eq!(c.key_cache_capacity, 100_000);

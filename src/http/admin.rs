@@ -74,44 +74,10 @@ async fn partition_health(State(s): State<AppState>, headers: HeaderMap) -> Resu
     let policy = partition_jobs::load_policy(&client).await.map_err(job_error)?;
     let mut health = partition_jobs::health(&client, Utc::now(), &policy).await.map_err(job_error)?;
     let catalog = partition_jobs::read_catalog(&client).await.map_err(job_error)?;
-    let rows = client.query(ROLLUP_MONTHS, &[]).await.map_err(job_error)?;
-    let trusted: std::collections::HashMap<chrono::NaiveDate, (bool, bool, bool)> =
-        rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3)))).collect();
-    let check = rollups_check(&catalog, &trusted);
+    let check = crate::rollup::months::health_check(&client, &catalog).await.map_err(job_error)?;
     health.status = health.status.max(check.status);
     health.checks.push(check);
     Ok(Json(json!({"success": true, "data": health})))
-}
-
-const ROLLUP_MONTHS: &str = "SELECT month, complete, tiers, quarters FROM rollup_months";
-
-/// The `rollups` check: months with a partition whose rollups the planner does not trust (answered
-/// from raw rows, slowly, until `strata rollups rebuild` or the scheduler's repair completes them).
-fn rollups_check(
-    catalog: &partition_jobs::Catalog,
-    trusted: &std::collections::HashMap<chrono::NaiveDate, (bool, bool, bool)>,
-) -> partition_jobs::health::Check {
-    use partition_jobs::health::{Check, Status};
-    let mut problems = Vec::new();
-    for month in catalog.partitions.iter().filter_map(|p| p.month) {
-        match trusted.get(&month.first_day()) {
-            None => problems.push(format!("{month} (not recorded)")),
-            Some((false, _, _)) => problems.push(format!("{month} (rows moved in, rollups not rebuilt yet)")),
-            Some((true, false, _)) => problems.push(format!("{month} (rollup tiers not built)")),
-            Some((true, true, false)) => {
-                problems.push(format!("{month} (no quarter hours: +5:30/+5:45 zones read its bucket edges raw)"))
-            }
-            Some((true, true, true)) => {}
-        }
-    }
-    if problems.is_empty() {
-        return Check { name: "rollups", status: Status::Ok, detail: "every month's rollups are complete".into() };
-    }
-    let detail = format!(
-        "months answered (partly) from raw rows until `strata rollups rebuild` completes them: {}",
-        problems.join(", ")
-    );
-    Check { name: "rollups", status: Status::Warning, detail }
 }
 
 #[derive(Deserialize)]

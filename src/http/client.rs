@@ -1,5 +1,5 @@
 //! The client's address at the HTTP edge: the socket peer, or what a trusted proxy forwarded
-//! ([`crate::auth::proxy`], `STRATA_TRUSTED_PROXIES` and `STRATA_TRUSTED_PROXY_HEADER`). Used for the
+//! ([`crate::config::proxies`], `STRATA_TRUSTED_PROXIES` and `STRATA_TRUSTED_PROXY_HEADER`). Used for the
 //! per-address limits (auth attempts, unknown API keys) and the stored `ip_address` of events.
 
 use std::net::{IpAddr, SocketAddr};

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::bearer::{bearer_token, token_matches};
-use crate::auth::ratelimit::{Decision, Limiter, RateLimit};
+use crate::auth::ratelimit::{Decision, Limiter};
+use crate::config::RateLimit;
 
 /// What is left of a limit after an allowed request.
 #[derive(Debug, Clone, Copy)]
@@ -95,5 +96,6 @@ fn token_key(s: &AppState, headers: &HeaderMap) -> Option<String> {
     if token_matches(token, &s.secrets.admin_token) {
         return Some("admin".to_owned());
     }
-    super::accounts::verify_token(s, token).ok().map(|claims| format!("owner:{}", claims.jti))
+    let claims = crate::auth::tokens::verify(&s.secrets.jwt_secret, token, chrono::Utc::now()).ok()?;
+    Some(format!("owner:{}", claims.jti))
 }

@@ -1,6 +1,6 @@
 //! One group-commit transaction: claim event ids (idempotency), write the new events, upsert the
-//! hourly rollup deltas of exactly those events and insert their multi-tier deltas (see
-//! [`crate::tiers`]), then commit. Every statement takes its row locks in sorted key order, so
+//! hourly rollup deltas of exactly those events and insert their multi-tier deltas (computed by
+//! [`crate::rollup::delta`]), then commit. Every statement takes its row locks in sorted key order, so
 //! concurrent writers queue behind each other instead of deadlocking.
 //!
 //! Round trips are what a small flush waits for, so statements are pipelined: `BEGIN` travels with
@@ -9,17 +9,18 @@
 //! the cheapest per row). If any pipelined statement fails, PostgreSQL turns the `COMMIT` into a
 //! rollback; the first error is returned and nothing is acknowledged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::pin::pin;
 
 use bytes::BytesMut;
-use chrono::{DateTime, DurationRound, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::ClientWrapper as Client;
 use postgres_types::{IsNull, ToSql, Type};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use uuid::Uuid;
 
 use super::event::EventRow;
+use crate::rollup::delta::{deltas, Counted, DeltaColumns, Hourly, INSERT_DELTAS, UPSERT_DIMS, UPSERT_HOURLY};
 
 const CLAIM_IDS: &str = "INSERT INTO event_ids (app_id, event_id) \
      SELECT a, e FROM unnest($1::uuid[], $2::uuid[]) AS d(a, e) ORDER BY a, e \
@@ -51,24 +52,6 @@ pub const COPY_TYPES: [Type; 17] = [
     Type::TIMESTAMPTZ,
 ];
 
-const UPSERT_HOURLY: &str = "INSERT INTO rollup_hourly (app_id, hour, event_type, events, q0, q1, q2, q3, shard) \
-     SELECT a, h, t, q0 + q1 + q2 + q3, q0, q1, q2, q3, $8 \
-     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) \
-       AS d(a, h, t, q0, q1, q2, q3) \
-     ORDER BY a, h, t \
-     ON CONFLICT (app_id, hour, event_type, shard) DO UPDATE SET \
-       events = rollup_hourly.events + EXCLUDED.events, q0 = rollup_hourly.q0 + EXCLUDED.q0, \
-       q1 = rollup_hourly.q1 + EXCLUDED.q1, q2 = rollup_hourly.q2 + EXCLUDED.q2, \
-       q3 = rollup_hourly.q3 + EXCLUDED.q3";
-
-const UPSERT_DIMS: &str = "INSERT INTO rollup_hourly_dims (app_id, hour, event_type, dim, value, events, shard) \
-     SELECT a, h, t, k, v, n, $7 \
-     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
-       AS d(a, h, t, k, v, n) \
-     ORDER BY a, h, t, k, v \
-     ON CONFLICT (app_id, hour, event_type, dim, value, shard) DO UPDATE SET \
-       events = rollup_hourly_dims.events + EXCLUDED.events";
-
 /// Flushes of at most this many new events insert them with one pipelined statement; bigger ones COPY.
 const INSERT_MAX_ROWS: usize = 256;
 
@@ -99,7 +82,7 @@ async fn pipelined(client: &Client, rows: &[&EventRow], shard: i16) -> Result<Ve
         client.prepare_cached(INSERT_EVENTS),
         client.prepare_cached(UPSERT_HOURLY),
         client.prepare_cached(UPSERT_DIMS),
-        client.prepare_cached(crate::tiers::INSERT_DELTAS),
+        client.prepare_cached(INSERT_DELTAS),
     )?;
     let (claim, insert_events, hourly, dims, tiers) = statements;
     let mut pairs: Vec<(Uuid, Uuid)> = rows.iter().map(|r| (r.app_id, r.event_id)).collect();
@@ -134,8 +117,9 @@ async fn pipelined(client: &Client, rows: &[&EventRow], shard: i16) -> Result<Ve
             None => Ok(()),
         }
     };
-    let rollups = Rollups::of(&new_rows, shard);
-    let deltas = crate::tiers::DeltaColumns::of(crate::tiers::deltas(&new_rows));
+    let counted: Vec<Counted> = new_rows.iter().map(|r| counted(r)).collect();
+    let rollups = Hourly::of(&counted, shard);
+    let deltas = DeltaColumns::of(deltas(&counted));
     // In this order on the wire (each future sends its message on its first poll, and join! polls them
     // in order first): the events, the rollup upserts (which wait while a rebuild holds the rollup
     // lock), the tier deltas, COMMIT.
@@ -256,75 +240,16 @@ async fn copy_rows(client: &Client, rows: &[&EventRow]) -> Result<(), tokio_post
     Ok(())
 }
 
-/// The UTC hour of `t` and its quarter (0..=3).
-pub fn hour_and_quarter(t: DateTime<Utc>) -> (DateTime<Utc>, usize) {
-    let hour = t.duration_trunc(chrono::Duration::hours(1)).expect("event times are far from overflow");
-    (hour, (t.minute() / 15) as usize)
-}
-
-type HourKey<'a> = (Uuid, DateTime<Utc>, &'a str);
-
-/// The parameters of [`UPSERT_HOURLY`] and [`UPSERT_DIMS`] for a set of events, sorted by key.
-#[derive(Default)]
-struct Rollups<'a> {
-    shard: i16,
-    app: Vec<Uuid>,
-    hour: Vec<DateTime<Utc>>,
-    event_type: Vec<&'a str>,
-    quarters: [Vec<i64>; 4],
-    dim_app: Vec<Uuid>,
-    dim_hour: Vec<DateTime<Utc>>,
-    dim_type: Vec<&'a str>,
-    dim: Vec<&'a str>,
-    value: Vec<&'a str>,
-    count: Vec<i64>,
-}
-
-impl<'a> Rollups<'a> {
-    fn of(rows: &[&'a EventRow], shard: i16) -> Rollups<'a> {
-        let mut hourly: BTreeMap<HourKey, [i64; 4]> = BTreeMap::new();
-        let mut dims: BTreeMap<(HourKey, &str, &str), i64> = BTreeMap::new();
-        for r in rows {
-            let (hour, q) = hour_and_quarter(r.created_at);
-            let key = (r.app_id, hour, r.event_type.as_str());
-            hourly.entry(key).or_default()[q] += 1;
-            let ua = r.ua.as_deref();
-            let values = [
-                ("device", ua.map(|u| u.device.as_str())),
-                ("browser", ua.and_then(|u| u.browser.as_deref())),
-                ("os", ua.and_then(|u| u.os.as_deref())),
-            ];
-            for (dim, value) in values {
-                *dims.entry((key, dim, value.unwrap_or(""))).or_default() += 1;
-            }
-        }
-        let mut out = Rollups { shard, ..Rollups::default() };
-        for ((app, hour, ty), counts) in hourly {
-            out.app.push(app);
-            out.hour.push(hour);
-            out.event_type.push(ty);
-            for (column, n) in out.quarters.iter_mut().zip(counts) {
-                column.push(n);
-            }
-        }
-        for (((app, hour, ty), dim, value), n) in dims {
-            out.dim_app.push(app);
-            out.dim_hour.push(hour);
-            out.dim_type.push(ty);
-            out.dim.push(dim);
-            out.value.push(value);
-            out.count.push(n);
-        }
-        out
-    }
-
-    fn hourly_params(&self) -> [&(dyn ToSql + Sync); 8] {
-        let q = &self.quarters;
-        [&self.app, &self.hour, &self.event_type, &q[0], &q[1], &q[2], &q[3], &self.shard]
-    }
-
-    fn dims_params(&self) -> [&(dyn ToSql + Sync); 7] {
-        [&self.dim_app, &self.dim_hour, &self.dim_type, &self.dim, &self.value, &self.count, &self.shard]
+/// What the rollups count of `r`.
+fn counted(r: &EventRow) -> Counted<'_> {
+    let ua = r.ua.as_deref();
+    Counted {
+        app_id: r.app_id,
+        created_at: r.created_at,
+        event_type: &r.event_type,
+        user_id: r.user_id.as_deref(),
+        session_id: r.session_id.as_deref(),
+        dims: [ua.map(|u| u.device.as_str()), ua.and_then(|u| u.browser.as_deref()), ua.and_then(|u| u.os.as_deref())],
     }
 }
 

@@ -1,4 +1,4 @@
-//! Executing a plan against the multi-tier rollups (`rollup_tiers`, see [`crate::tiers`]) and the raw
+//! Executing a plan against the multi-tier rollups (`rollup_tiers`, see [`crate::rollup`]) and the raw
 //! rows: events, distinct users and sessions, and breakdowns per bucket (and per event type).
 //!
 //! The planner gives whole UTC hours of months whose tiers are complete (never straddling a bucket
@@ -6,7 +6,7 @@
 //! largest tier periods inside it (UTC months, then days, then hours), so a 90-day daily timeline in
 //! UTC reads 90 day rows; in other zones days are made of hours. Uncompacted writer deltas of the
 //! covered hours are added to the piece holding their hour; raw spans add their rows' counts and ids.
-//! Distinct counts merge sketches (see [`super::sketch`]): exact while small, HyperLogLog beyond.
+//! Distinct counts merge sketches (see [`crate::rollup::sketch`]): exact while small, HyperLogLog beyond.
 
 use std::collections::HashMap;
 
@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::plan::{month_of, plan, Plan, Span, HOUR, QUARTER_HOUR};
 use super::store::rows;
 use super::{QueryError, Source};
-use crate::tiers::{tier_end, tier_start, Agg, DAY, HOUR as HOUR_TIER, MONTH, QUARTER};
+use crate::rollup::agg::Agg;
+use crate::rollup::tier::Tier;
 
 /// What to read.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +42,7 @@ pub type Aggs = HashMap<(usize, String), Agg>;
 /// One tier period answering part of one bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Piece {
-    tier: i16,
+    tier: Tier,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     bucket: usize,
@@ -146,7 +147,7 @@ pub async fn aggregate(
         if pieces.is_empty() {
             return Ok(Vec::new());
         }
-        let (mut tiers, mut starts, mut ends) = (Vec::<i16>::new(), Vec::<DateTime<Utc>>::new(), Vec::new());
+        let (mut tiers, mut starts, mut ends) = (Vec::<Tier>::new(), Vec::<DateTime<Utc>>::new(), Vec::new());
         for p in &pieces {
             match (tiers.last(), ends.last_mut()) {
                 (Some(&tier), Some(end)) if tier == p.tier && *end == p.start => *end = p.end,
@@ -188,7 +189,7 @@ pub async fn aggregate(
     let (merged, deltas, raws, raw_dims) = tokio::try_join!(merged, deltas, raws, raw_dims)?;
 
     let mut out = Aggs::new();
-    let index: HashMap<(i16, DateTime<Utc>), usize> = pieces.iter().map(|p| ((p.tier, p.start), p.bucket)).collect();
+    let index: HashMap<(Tier, DateTime<Utc>), usize> = pieces.iter().map(|p| ((p.tier, p.start), p.bucket)).collect();
     for row in &merged {
         let Some(&bucket) = index.get(&(row.get(0), row.get(1))) else { continue };
         out.entry((bucket, row.get(2))).or_default().absorb_columns(row, 3)?;
@@ -235,11 +236,11 @@ fn pieces(spans: &[Span], bounds: &[DateTime<Utc>]) -> Vec<Piece> {
         while t < span.end {
             let bucket = bounds.partition_point(|b| *b <= t).max(1) - 1;
             let stop = bounds.get(bucket + 1).map_or(span.end, |next| (*next).min(span.end));
-            let tier = [MONTH, DAY, HOUR_TIER]
+            let tier = [Tier::Month, Tier::Day, Tier::Hour]
                 .into_iter()
-                .find(|&tier| tier_start(tier, t) == t && tier_end(tier, t) <= stop)
-                .unwrap_or(QUARTER);
-            let end = tier_end(tier, t);
+                .find(|&tier| tier.start(t) == t && tier.end(t) <= stop)
+                .unwrap_or(Tier::Quarter);
+            let end = tier.end(t);
             out.push(Piece { tier, start: t, end, bucket });
             t = end;
         }
@@ -250,7 +251,7 @@ fn pieces(spans: &[Span], bounds: &[DateTime<Utc>]) -> Vec<Piece> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tiers::HOUR as H;
+    use crate::rollup::tier::Tier::{Day as DAY, Hour as H, Month as MONTH, Quarter as QUARTER};
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -261,7 +262,7 @@ mod tests {
         let bounds = [at("2026-01-30T00:00:00Z"), at("2026-03-01T00:00:00Z")];
         let spans = [Span { start: at("2026-01-30T22:00:00Z"), end: at("2026-03-02T02:00:00Z") }];
         let p = pieces(&spans, &bounds);
-        let got: Vec<(i16, DateTime<Utc>, usize)> = p.iter().map(|p| (p.tier, p.start, p.bucket)).collect();
+        let got: Vec<(Tier, DateTime<Utc>, usize)> = p.iter().map(|p| (p.tier, p.start, p.bucket)).collect();
         assert_eq!(
             got,
             [

@@ -5,7 +5,7 @@
 //! spans answered from the rollup tables (whole UTC hours of months whose rollups are complete in
 //! `rollup_months`) and spans answered from raw `events` rows (sub-hour edges of the range, months whose
 //! rollups are not trusted). [`aggregate`] executes such a plan against the multi-tier rollups (UTC
-//! hours, days and months: event counts, breakdowns, and distinct-count [`sketch`]es of users and
+//! hours, days and months: event counts, breakdowns, and distinct-count [`crate::rollup::sketch`]es of users and
 //! sessions) and the raw rows.
 //!
 //! - [`store`]: the read transaction (consistent snapshot, JIT off), event counts per plan.
@@ -18,7 +18,6 @@ pub mod buckets;
 pub mod overview;
 pub mod params;
 pub mod plan;
-pub mod sketch;
 pub mod store;
 pub mod summary;
 pub mod timeline;
@@ -39,7 +38,7 @@ pub enum QueryError {
     Param(#[from] params::ParamError),
     /// A stored rollup sketch could not be decoded.
     #[error(transparent)]
-    Corrupt(#[from] sketch::CorruptSketch),
+    Corrupt(#[from] crate::rollup::sketch::CorruptSketch),
 }
 
 impl QueryError {

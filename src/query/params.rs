@@ -18,8 +18,6 @@ use chrono_tz::Tz;
 use super::buckets::{bucket_starts, local_start, Granularity};
 use super::plan::Span;
 
-/// Most buckets one timeline may have, by default (`STRATA_MAX_BUCKETS`).
-pub const MAX_BUCKETS: usize = 10_000;
 /// Range used when neither `startDate` nor `endDate` is given (timeline, summary).
 pub const DEFAULT_RANGE_DAYS: i64 = 30;
 /// Longest event type (as ingestion accepts).
@@ -305,7 +303,9 @@ mod tests {
             (&[("eventType", "a"), ("event_type", "b")], "eventType"),
         ];
         for (q, name) in cases {
-            let err = TimelineRequest::parse(&params(q), now(), MAX_BUCKETS).and_then(|r| r.buckets()).unwrap_err();
+            let err = TimelineRequest::parse(&params(q), now(), crate::config::MAX_BUCKETS)
+                .and_then(|r| r.buckets())
+                .unwrap_err();
             assert_eq!(err.parameter, name, "{q:?}");
         }
         assert_eq!(params(&[("appId", "")]).required("appId", "app_id").unwrap_err().parameter, "appId");

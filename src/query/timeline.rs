@@ -17,7 +17,7 @@ pub struct TimelineBucket {
     pub start: DateTime<Utc>,
     /// Events inside both the bucket and the range.
     pub events: i64,
-    /// Distinct non-null user ids among them (see [`super::sketch`] for exactness).
+    /// Distinct non-null user ids among them (see [`crate::rollup::sketch`] for exactness).
     pub users: i64,
 }
 

@@ -274,7 +274,7 @@ async fn owners_and_their_apps_can_be_created_from_the_cli() {
 
 #[tokio::test]
 async fn auth_attempts_over_the_per_ip_limit_get_429_with_rate_limit_headers() {
-    let limit = strata::auth::ratelimit::RateLimit { requests: 3, window: Duration::from_secs(900) };
+    let limit = strata::config::RateLimit { requests: 3, window: Duration::from_secs(900) };
     let app = spawn_app_with(|c| c.auth_rate_limit = Some(limit)).await;
     let attempt = json!({"email": "nobody@example.com", "password": PASSWORD});
     for left in ["2", "1", "0"] {

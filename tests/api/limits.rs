@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use strata::auth::ratelimit::RateLimit;
 use strata::config::Config;
+use strata::config::RateLimit;
 use uuid::Uuid;
 
 use crate::helpers::{reply, spawn_app_with, spawn_server_on, Reply, TestApp, ADMIN_TOKEN};

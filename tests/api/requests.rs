@@ -160,7 +160,7 @@ async fn cors_preflight_allows_configured_origins_only() {
 /// proxy hop in 10.0.0.0/8.
 fn behind_proxies(c: &mut strata::config::Config) {
     c.trusted_proxy_header = Some("x-forwarded-for".into());
-    c.trusted_proxies = strata::auth::proxy::TrustedProxies::parse("127.0.0.1/32,10.0.0.0/8").unwrap();
+    c.trusted_proxies = strata::config::TrustedProxies::parse("127.0.0.1/32,10.0.0.0/8").unwrap();
 }
 
 /// Tracks one event with the given `X-Forwarded-For` lines; answers the stored client address.
@@ -211,7 +211,7 @@ async fn a_stored_event_has_the_right_most_forwarded_address_that_is_not_a_trust
 async fn a_peer_that_is_not_a_trusted_proxy_has_its_forwarded_header_ignored() {
     let app = spawn_app_with(|c| {
         c.trusted_proxy_header = Some("x-forwarded-for".into());
-        c.trusted_proxies = strata::auth::proxy::TrustedProxies::parse("10.0.0.0/8,::1/128").unwrap();
+        c.trusted_proxies = strata::config::TrustedProxies::parse("10.0.0.0/8,::1/128").unwrap();
     })
     .await;
 

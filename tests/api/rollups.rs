@@ -49,7 +49,7 @@ async fn rebuilding_rollups_reproduces_what_ingestion_maintained() {
     let mut client = crate::helpers::connect(&app.db_name).await;
     let from = partition_jobs::Month::containing(base).start();
     let to = partition_jobs::Month::containing(Utc::now()).end();
-    let report = strata::rollups::rebuild(&mut client, None, from, to).await.unwrap();
+    let report = strata::rollup::rebuild::rebuild(&mut client, None, from, to).await.unwrap();
     assert_eq!(report.hourly_rows as usize, before.0.len());
     assert_eq!(snapshot(&app.db).await, before);
     let complete: i64 =

@@ -50,7 +50,7 @@ async fn compact_all(app: &TestApp) {
     let mut client = connect(&app.db_name).await;
     // The server's own compactor may hold the lock for a moment.
     loop {
-        match strata::tiers::compact(&mut client).await.unwrap() {
+        match strata::rollup::compact::compact(&mut client).await.unwrap() {
             Some(0) => {
                 let left: i64 =
                     app.db.query_one("SELECT count(*) FROM rollup_tiers WHERE tier = 0", &[]).await.unwrap().get(0);
@@ -114,7 +114,7 @@ async fn a_rebuild_reproduces_the_tiers_ingestion_maintained() {
     let mut client = connect(&app.db_name).await;
     let from = partition_jobs::Month::containing(base).start();
     let to = partition_jobs::Month::containing(Utc::now()).end();
-    let report = strata::rollups::rebuild(&mut client, None, from, to).await.unwrap();
+    let report = strata::rollup::rebuild::rebuild(&mut client, None, from, to).await.unwrap();
     let after = merged_rows(&app.db).await;
     assert_eq!(after, before);
     let hours: i64 = app.db.query_one("SELECT count(*) FROM rollup_tiers WHERE tier = 1", &[]).await.unwrap().get(0);

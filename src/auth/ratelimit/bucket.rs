@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Decision, RateLimit};
+use super::Decision;
+use crate::config::RateLimit;
 
 /// One key's bucket.
 #[derive(Debug, Clone, Copy)]

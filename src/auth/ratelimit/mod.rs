@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, RateLimit};
 use bucket::Bucket;
 use shared::Shared;
 
@@ -36,36 +36,6 @@ const SHARDS: usize = 16;
 /// With Redis answering, a bucket unused here this long is dropped once reported (it is read back
 /// from Redis if the key comes again), so reports cover active keys only.
 const IDLE_DROP: Duration = Duration::from_secs(10);
-
-/// `requests` per `window`, refilled continuously.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Burst size, and requests (or events) allowed per window.
-    pub requests: u32,
-    /// The window.
-    pub window: Duration,
-}
-
-impl RateLimit {
-    /// Parses `N/DURATION` (e.g. `10/15m`, `1000/1s`).
-    pub fn parse(s: &str) -> Option<RateLimit> {
-        let (n, window) = s.trim().split_once('/')?;
-        let requests: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
-        let window = crate::config::parse_duration(window).filter(|w| w.as_nanos() >= u128::from(requests))?;
-        Some(RateLimit { requests, window })
-    }
-
-    /// Time to refill one token.
-    pub fn interval(&self) -> Duration {
-        self.window / self.requests
-    }
-}
-
-impl std::fmt::Display for RateLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} per {:?}", self.requests, self.window)
-    }
-}
 
 /// The verdict on one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,18 +314,6 @@ mod tests {
         assert!(matches!(limiter.peek("10.0.0.1", 1).await, Decision::Limited { .. }));
         assert_eq!(limiter.peek("10.0.0.2", 1).await, Decision::Allowed { remaining: 1 });
         assert_eq!(limiter.len(), 1);
-    }
-
-    #[test]
-    fn limits_parse_from_n_per_duration() {
-        assert_eq!(RateLimit::parse("10/15m"), Some(RateLimit { requests: 10, window: Duration::from_secs(900) }));
-        assert_eq!(RateLimit::parse(" 1000 / 1s "), Some(RateLimit { requests: 1000, window: Duration::from_secs(1) }));
-        assert_eq!(RateLimit::parse("1000/1s").unwrap().interval(), Duration::from_millis(1));
-        assert_eq!(RateLimit::parse("0/1m"), None);
-        assert_eq!(RateLimit::parse("5"), None);
-        assert_eq!(RateLimit::parse("5/0s"), None);
-        assert_eq!(RateLimit::parse("5/soon"), None);
-        assert_eq!(RateLimit::parse("2000000/1ms"), None);
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! Typed configuration: documented defaults, overridden by environment variables (`DATABASE_URL`,
 //! `REDIS_URL`, `STRATA_*`) and then by command-line flags. [`Config::from_env`] reads and
-//! [`Config::validate`] rejects invalid values with a message naming the setting.
+//! [`Config::validate`] rejects invalid values with a message naming the setting. The types of
+//! values are in [`values`] and [`proxies`]: configuration imports nothing else of Strata.
+
+pub mod proxies;
+pub mod values;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::proxy::TrustedProxies;
-use crate::auth::ratelimit::RateLimit;
+pub use proxies::TrustedProxies;
+pub use values::{parse_duration, RateLimit, MAX_BUCKETS};
 
 /// A setting that could not be read; the message names it.
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +204,7 @@ impl Default for Config {
             retention_drop: false,
             maintenance_interval: Duration::from_secs(600),
             tier_compact_interval: Duration::from_secs(2),
-            max_buckets: crate::query::params::MAX_BUCKETS,
+            max_buckets: MAX_BUCKETS,
             partition_lock_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -478,39 +482,12 @@ fn parse_with<T>(name: &str, v: &str, f: impl Fn(&str) -> Option<T>) -> Result<T
     f(v.trim()).ok_or_else(|| invalid(name, v, "could not be parsed"))
 }
 
-/// Parses `250ms`, `5s`, `10m`, `24h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn durations_parse_in_every_unit() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("1y"), None);
-        assert_eq!(parse_duration("h"), None);
     }
 
     #[test]
