@@ -119,10 +119,7 @@ async fn bench() -> Result<()> {
     let admin_url = std::env::var("STRATA_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
     let clients = env_positive("STRATA_HOSTILE_CLIENTS", 64.0)? as usize;
     let seconds = env_positive("STRATA_HOSTILE_SECONDS", 20.0)?;
-    let scratch = ScratchDb::create(&admin_url).await?;
-    let outcome = run(&scratch.url, clients, Duration::from_secs_f64(seconds)).await;
-    scratch.drop_best_effort().await;
-    outcome
+    ScratchDb::run_in(&admin_url, |url| async move { run(&url, clients, Duration::from_secs_f64(seconds)).await }).await
 }
 
 async fn run(url: &str, clients: usize, attack: Duration) -> Result<()> {
@@ -277,11 +274,4 @@ fn quantile(samples: &[f64], q: f64) -> f64 {
 
 fn rss_kb(pid: u32) -> Option<u64> {
     proc_status_kb(pid, "VmRSS:")
-}
-
-/// A `kB` field of `/proc/<pid>/status`; `None` once the process is gone.
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].split_whitespace().next()?.parse().ok()
 }

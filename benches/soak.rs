@@ -96,10 +96,7 @@ async fn soak() -> Result<bool> {
     };
     let admin_url = std::env::var("STRATA_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
     println!("=== Strata soak (issue 8): {seconds} s of ingest with retries + queries + maintenance ===");
-    let scratch = ScratchDb::create(&admin_url).await?;
-    let result = run(&scratch.url, Duration::from_secs(seconds)).await;
-    scratch.drop_best_effort().await;
-    result
+    ScratchDb::run_in(&admin_url, |url| async move { run(&url, Duration::from_secs(seconds)).await }).await
 }
 
 async fn run(url: &str, duration: Duration) -> Result<bool> {

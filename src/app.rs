@@ -125,6 +125,11 @@ impl Application {
         &self.state.cache
     }
 
+    /// The rate limiters (tests peek at their buckets).
+    pub fn limits(&self) -> &crate::auth::ratelimit::Limits {
+        &self.state.limits
+    }
+
     /// The admin token in force (configured or generated).
     pub fn admin_token(&self) -> &str {
         &self.state.secrets.admin_token

@@ -1,6 +1,8 @@
 //! The analytics cache: hit sequence (miss → l1 → l2 on another instance), freshness after ingest,
 //! late events, cross-instance invalidation over the bus, Redis absent or killed mid-test, and
-//! single flight of identical misses.
+//! single flight of identical misses; warming in [`warming`].
+
+mod warming;
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use uuid::Uuid;
 use crate::helpers::{
     connect, reply, spawn_app_with, spawn_server_on, PrivateRedis, Reply, TestApp, TestServer, ADMIN_TOKEN,
 };
+use crate::wait::{eventually, required, until_bus_connected, when};
 
 const TEST_REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -30,14 +33,11 @@ async fn wait_for_answers_in_redis(prefix: &str) {
     let client = redis::Client::open(TEST_REDIS).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let pattern = format!("{prefix}{}:*", strata::cache::keys::KEY_VERSION);
-    for _ in 0..500 {
+    let keys = async || {
         let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut con).await.unwrap();
-        if !keys.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no answer reached Redis under {pattern}");
+        when(keys, |k| !k.is_empty())
+    };
+    eventually(Duration::from_secs(10), &format!("an answer in Redis under {pattern}"), keys).await;
 }
 
 fn unique_prefix() -> String {
@@ -79,6 +79,13 @@ fn tier(r: &Reply) -> &str {
 
 async fn timeline(app: &TestApp, query: &[(&str, String)]) -> Reply {
     get(&app.http, app.url("/api/analytics/events/timeline"), query).await
+}
+
+/// Tracks `event` (201), then asks for the timeline `q`.
+async fn after_tracking(app: &TestApp, event: &Value, q: &[(&str, String)]) -> Reply {
+    let r = app.track(event).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    timeline(app, q).await
 }
 
 async fn seed(app: &TestApp) {
@@ -130,9 +137,7 @@ async fn an_ingested_event_shows_in_the_next_query_within_the_freshness_period()
     assert_eq!(total(&timeline(&app, &q).await), 0);
     assert_eq!(total(&timeline(&app, &q).await), 0);
 
-    let r = app.track(&event_at(Utc::now() - Span::seconds(2))).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let after = timeline(&app, &q).await;
+    let after = after_tracking(&app, &event_at(Utc::now() - Span::seconds(2)), &q).await;
 
     assert_eq!(total(&after), 1);
     assert_eq!(tier(&after), "miss");
@@ -147,9 +152,7 @@ async fn a_late_event_invalidates_the_closed_range_holding_its_bucket() {
     assert_eq!(total(&timeline(&app, &q).await), 2);
     assert_eq!(tier(&timeline(&app, &q).await), "l1");
 
-    let r = app.track(&event_at(Utc::now() - Span::days(9))).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let after = timeline(&app, &q).await;
+    let after = after_tracking(&app, &event_at(Utc::now() - Span::days(9)), &q).await;
 
     assert_eq!(total(&after), 3);
     assert_eq!(tier(&after), "miss");
@@ -166,13 +169,7 @@ async fn an_invalidation_on_one_instance_evicts_the_other_instances_l1_within_a_
     let a = spawn_app_with(long).await;
     seed(&a).await;
     let b = spawn_server_on(&a.db_name, long).await;
-    for _ in 0..100 {
-        if b.cache.bus_connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(b.cache.bus_connected(), "instance B subscribed to the bus");
+    until_bus_connected(&b).await;
     let q = closed_range(a.app_id);
     let url = b.url("/api/analytics/events/timeline");
     get(&b.http, url.clone(), &q).await;
@@ -180,15 +177,8 @@ async fn an_invalidation_on_one_instance_evicts_the_other_instances_l1_within_a_
 
     let r = a.track(&event_at(Utc::now() - Span::days(9))).await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let started = std::time::Instant::now();
-    let mut seen = 0;
-    while started.elapsed() < Duration::from_secs(1) {
-        seen = total(&get(&b.http, url.clone(), &q).await);
-        if seen == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let seen = async || when(total(&get(&b.http, url.clone(), &q).await), |n| *n == 3);
+    let seen = eventually(Duration::from_secs(1), "instance B sees the late event", seen).await;
 
     assert_eq!(seen, 3, "instance B saw the event within a second");
 }
@@ -215,10 +205,7 @@ async fn without_redis_queries_are_answered_correctly_from_l1_and_the_database()
 
 #[tokio::test]
 async fn queries_stay_correct_when_redis_dies_mid_test() {
-    let Some(mut redis) = PrivateRedis::start() else {
-        eprintln!("redis-server not installed; skipped");
-        return;
-    };
+    let Some(mut redis) = required(PrivateRedis::start().await, "redis-server") else { return };
     let url = redis.url();
     let app = spawn_app_with(|c| {
         c.redis_url = Some(url.clone());
@@ -333,11 +320,8 @@ async fn all_aboard(server: &TestServer, db: &str, url: &str, q: &[(&'static str
             tokio::spawn(async move { get(&http, url, &q).await })
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while server.cache.passengers() < n {
-        assert!(std::time::Instant::now() < deadline, "{} of {n} requests boarded", server.cache.passengers());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let boarded = async || when(server.cache.passengers(), |p| *p >= n);
+    eventually(Duration::from_secs(20), &format!("{n} requests boarded"), boarded).await;
     lock.rollback().await.unwrap();
     let mut answers = Vec::with_capacity(n);
     for r in requests {
@@ -399,86 +383,4 @@ async fn a_redis_that_never_answers_costs_one_computation_not_a_storm_of_them() 
     assert_eq!(statuses, [200; 30]);
     assert!(answers.iter().all(|r| total(r) == 2 && tier(r) == "miss"));
     assert_eq!((server.cache.l2_lookups(), server.cache.computations()), (1, 1));
-}
-
-fn warm_on(c: &mut Config) {
-    c.cache_warm = Some(5);
-    // Long enough that a slow test machine cannot expire a warmed answer before it is asked for.
-    c.freshness = Duration::from_secs(60);
-}
-
-/// The last ten days through today, by day: a rolling dashboard range.
-fn through_today(app: Uuid) -> Vec<(&'static str, String)> {
-    let today = Utc::now().date_naive();
-    vec![
-        ("appId", app.to_string()),
-        ("startDate", (today - chrono::Days::new(10)).to_string()),
-        ("endDate", today.to_string()),
-        ("interval", "day".into()),
-    ]
-}
-
-#[tokio::test]
-async fn a_warmed_query_answers_l1_on_its_first_request_after_the_rollover() {
-    let app = spawn_app_with(|_| {}).await;
-    seed(&app).await;
-    let server = spawn_server_on(&app.db_name, |c| {
-        c.cache_mode = CacheMode::L1;
-        warm_on(c);
-    })
-    .await;
-    let q = through_today(app.app_id);
-    let url = server.url("/api/analytics/events/timeline");
-    assert_eq!(tier(&get(&server.http, url.clone(), &q).await), "miss");
-    // A commit on this instance makes the app's cached answers unreachable.
-    let event = event_at(Utc::now() - Span::days(1));
-    let r = reply(
-        server
-            .http
-            .post(server.url("/api/events/track"))
-            .header("X-API-Key", &app.api_key)
-            .json(&event)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let before = server.cache.computations();
-
-    server.cache.warm_now().await;
-    let warmed = server.cache.computations();
-    let first = get(&server.http, url.clone(), &q).await;
-
-    assert_eq!(warmed, before + 1);
-    assert_eq!((tier(&first), total(&first)), ("l1", 3));
-    assert_eq!(server.cache.computations(), warmed);
-}
-
-#[tokio::test]
-async fn a_new_instance_warms_what_redis_remembers_before_its_first_request() {
-    let prefix = unique_prefix();
-    let app = spawn_app_with(|_| {}).await;
-    seed(&app).await;
-    let with_warming = |c: &mut Config| {
-        with_redis(&prefix)(c);
-        warm_on(c);
-    };
-    let a = spawn_server_on(&app.db_name, with_warming).await;
-    let q = through_today(app.app_id);
-    assert_eq!(tier(&get(&a.http, a.url("/api/analytics/events/timeline"), &q).await), "miss");
-    a.cache.warm_now().await; // also adds the request counts to Redis
-
-    let b = spawn_server_on(&app.db_name, with_warming).await;
-    for _ in 0..250 {
-        if b.cache.warm_passes() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let first = get(&b.http, b.url("/api/analytics/events/timeline"), &q).await;
-
-    assert_eq!(b.cache.warm_passes(), 1);
-    assert_eq!((tier(&first), total(&first)), ("l1", 2));
-    assert_eq!((b.cache.l2_lookups(), b.cache.computations()), (1, 0));
 }

@@ -9,10 +9,13 @@ use std::io::BufRead;
 
 use serde_json::Value;
 use strata::app::Application;
+use strata::auth::ratelimit::Limits;
 use strata::config::Config;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::wait::{eventually, when};
 
 /// The server all test databases live on (trust auth).
 pub fn admin_url() -> String {
@@ -27,6 +30,7 @@ fn db_url(name: &str) -> String {
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const KEY_SECRET: &str = "test-key-secret";
+pub const JWT_SECRET: &str = "test-jwt-secret";
 
 /// A running server with its own database, an app and an API key.
 pub struct TestApp {
@@ -37,6 +41,8 @@ pub struct TestApp {
     pub app_id: Uuid,
     pub api_key: String,
     pub key_id: Uuid,
+    /// The server's rate limiters (tests peek at their buckets).
+    pub limits: Limits,
     stop: CancellationToken,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -93,6 +99,23 @@ pub async fn create_test_database() -> String {
     name
 }
 
+/// A fresh test database holding one app and one API key of it, for tests that run the server binary.
+pub struct KeyedDatabase {
+    pub name: String,
+    pub db: tokio_postgres::Client,
+    pub app_id: Uuid,
+    pub api_key: String,
+}
+
+/// A [`KeyedDatabase`] whose app is called `app_name`.
+pub async fn keyed_database(app_name: &str) -> KeyedDatabase {
+    let name = create_test_database().await;
+    let db = connect(&name).await;
+    let app = strata::accounts::create_app(&db, app_name, None).await.unwrap();
+    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "k", None).await.unwrap();
+    KeyedDatabase { name, db, app_id: app.id, api_key: key.api_key }
+}
+
 /// Connects to a test database.
 pub async fn connect(db_name: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&db_url(db_name), NoTls).await.unwrap();
@@ -107,7 +130,7 @@ pub fn test_config(db_name: &str) -> Config {
         database_url: Some(db_url(db_name)),
         admin_token: Some(ADMIN_TOKEN.into()),
         key_secret: Some(KEY_SECRET.into()),
-        jwt_secret: Some("test-jwt-secret".into()),
+        jwt_secret: Some(JWT_SECRET.into()),
         db_pool_size: 8,
         ..Config::default()
     }
@@ -120,45 +143,55 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server whose config `adjust` may change.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    init_logs();
     let db_name = create_test_database().await;
-    let mut cfg = test_config(&db_name);
-    adjust(&mut cfg);
-    cfg.validate().expect("test config is valid");
-    let application = Application::build(cfg).await.expect("server builds");
-    let addr = application.local_addr();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    let server = tokio::spawn(async move {
-        application.run_until_stopped(stopped.cancelled_owned()).await.expect("server runs");
-    });
+    let running = run_server(&db_name, adjust).await;
     let db = connect(&db_name).await;
     wait_for_first_maintenance_run(&db).await;
     let app = strata::accounts::create_app(&db, "test app", None).await.unwrap();
     let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "test key", None).await.unwrap();
     TestApp {
-        addr,
+        addr: running.addr,
         http: reqwest::Client::new(),
         db,
         db_name,
         app_id: app.id,
         api_key: key.api_key,
         key_id: key.id,
-        stop,
-        _server: server,
+        limits: running.limits,
+        stop: running.stop,
+        _server: running.server,
     }
+}
+
+/// A server of the test config of `db_name` as `adjust` changes it, running until `stop` is cancelled.
+struct Running {
+    addr: SocketAddr,
+    cache: strata::cache::Cache,
+    limits: Limits,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn run_server(db_name: &str, adjust: impl FnOnce(&mut Config)) -> Running {
+    init_logs();
+    let mut cfg = test_config(db_name);
+    adjust(&mut cfg);
+    cfg.validate().expect("test config is valid");
+    let application = Application::build(cfg).await.expect("server builds");
+    let (addr, cache, limits) = (application.local_addr(), application.cache().clone(), application.limits().clone());
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(async move {
+        application.run_until_stopped(stopped.cancelled_owned()).await.expect("server runs");
+    });
+    Running { addr, cache, limits, stop, server }
 }
 
 /// The scheduler runs maintenance at start; tests begin once it finished, so they never race it.
 async fn wait_for_first_maintenance_run(db: &tokio_postgres::Client) {
     const SQL: &str = "SELECT count(*) FROM maintenance_runs WHERE finished_at IS NOT NULL";
-    for _ in 0..400 {
-        if db.query_one(SQL, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the startup maintenance run did not finish within 10 s");
+    let finished = async || when(db.query_one(SQL, &[]).await.unwrap().get::<_, i64>(0), |n| *n > 0);
+    eventually(Duration::from_secs(10), "the startup maintenance run finished", finished).await;
 }
 
 fn init_logs() {
@@ -196,6 +229,11 @@ impl TestApp {
         self.post("/api/events/track/batch", &serde_json::json!({ "events": events })).await
     }
 
+    /// Another key of this app, named `name`.
+    pub async fn create_key(&self, name: &str) -> strata::accounts::CreatedKey {
+        strata::accounts::create_key(&self.db, KEY_SECRET.as_bytes(), self.app_id, name, None).await.unwrap()
+    }
+
     /// Count of raw rows of this app.
     pub async fn raw_count(&self) -> i64 {
         self.db.query_one("SELECT count(*) FROM events WHERE app_id = $1", &[&self.app_id]).await.unwrap().get(0)
@@ -220,11 +258,12 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.cancel();
         let name = self.db_name.clone();
-        // Dropped from a separate thread: Drop cannot await, and the test's runtime may be ending.
+        // Dropped from a separate thread: Drop cannot await, and the test's runtime may be ending. No
+        // wait for the server to stop: it cannot run while this thread is joined on a current-thread
+        // runtime, and WITH (FORCE) ends whatever sessions it still holds.
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                std::thread::sleep(Duration::from_millis(200));
                 let admin = admin_client().await;
                 let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
             });
@@ -275,19 +314,14 @@ pub struct TestServer {
 
 /// Starts another server on `db_name` (e.g. a [`TestApp`]'s) with settings `adjust` may change.
 pub async fn spawn_server_on(db_name: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
-    init_logs();
-    let mut cfg = test_config(db_name);
-    adjust(&mut cfg);
-    cfg.validate().expect("test config is valid");
-    let application = Application::build(cfg).await.expect("server builds");
-    let addr = application.local_addr();
-    let cache = application.cache().clone();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    let server = tokio::spawn(async move {
-        application.run_until_stopped(stopped.cancelled_owned()).await.expect("server runs");
-    });
-    TestServer { addr, http: reqwest::Client::new(), cache, stop, _server: server }
+    let running = run_server(db_name, adjust).await;
+    TestServer {
+        addr: running.addr,
+        http: reqwest::Client::new(),
+        cache: running.cache,
+        stop: running.stop,
+        _server: running.server,
+    }
 }
 
 impl TestServer {
@@ -309,21 +343,20 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    /// Starts one (`None` when redis-server is not installed or does not come up).
-    pub fn start() -> Option<PrivateRedis> {
+    /// Starts one and waits (up to 2 s) until it accepts connections; `None` when redis-server is
+    /// not installed.
+    pub async fn start() -> Option<PrivateRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .ok()?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(PrivateRedis { child: Some(child), port });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        None
+        // Owned from here: killed on drop if it never comes up.
+        let redis = PrivateRedis { child: Some(child), port };
+        let listening = async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map(drop);
+        eventually(Duration::from_secs(2), &format!("redis-server listening on port {port}"), listening).await;
+        Some(redis)
     }
 
     /// Its URL.

@@ -5,20 +5,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{connect, create_test_database, spawn_app_with, start_binary, KEY_SECRET};
+use crate::helpers::{connect, keyed_database, spawn_app_with, start_binary, KeyedDatabase};
+use crate::wait::{eventually, until_lock_waiters, when};
 
-/// Waits until some backend of `db` waits on a lock (the writer blocked behind the test's lock).
-async fn wait_for_lock_waiters(db: &tokio_postgres::Client, n: i64) {
-    const SQL: &str =
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
-    for _ in 0..200 {
-        let waiting: i64 = db.query_one(SQL, &[]).await.unwrap().get(0);
-        if waiting >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no backend started waiting on the lock");
+/// The ingest queue's depth (events accepted, not yet committed) as the server at `base` reports it.
+async fn queue_depth(http: &reqwest::Client, base: &str) -> f64 {
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("strata_ingest_queue_depth ")).expect("a queue depth gauge");
+    line["strata_ingest_queue_depth ".len()..].trim().parse().unwrap()
 }
 
 #[tokio::test]
@@ -38,7 +32,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing() {
         let app = app.clone();
         tokio::spawn(async move { app.post_batch(&vec![json!({"eventType": "queued"}); 10]).await })
     };
-    wait_for_lock_waiters(&app.db, 1).await;
+    until_lock_waiters(&app.db, 1).await;
     let refused = app.track(&json!({"eventType": "refused"})).await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.body["error"]["code"], "queue_full");
@@ -78,7 +72,7 @@ async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
         let app = app.clone();
         tokio::spawn(async move { app.track(&json!({"eventType": "head"})).await })
     };
-    wait_for_lock_waiters(&app.db, 1).await;
+    until_lock_waiters(&app.db, 1).await;
     // These queue up behind the blocked flush and are committed together in the next one.
     let mut tasks = Vec::new();
     for i in 0..6 {
@@ -88,7 +82,8 @@ async fn a_poisoned_request_fails_alone_and_its_neighbours_are_stored() {
             (ty, app.post_batch(&[json!({"eventType": ty}), json!({"eventType": ty})]).await)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = async || when(queue_depth(&app.http, &app.url("")).await, |depth| *depth == 13.0);
+    eventually(Duration::from_secs(5), "the head event and the six batches of two queued", queued).await;
     tx.commit().await.unwrap();
     assert_eq!(head.await.unwrap().status, 201);
     for t in tasks {
@@ -135,10 +130,7 @@ async fn a_failure_in_the_last_pipelined_statement_commits_nothing_of_its_flush(
 
 #[tokio::test]
 async fn sigterm_drains_every_accepted_event_before_exit() {
-    let db_name = create_test_database().await;
-    let db = connect(&db_name).await;
-    let app = strata::accounts::create_app(&db, "shutdown", None).await.unwrap();
-    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "k", None).await.unwrap();
+    let KeyedDatabase { name: db_name, db, api_key, .. } = keyed_database("shutdown").await;
     let (mut child, addr) = start_binary(&db_name, &[]);
 
     let mut blocker = connect(&db_name).await;
@@ -147,7 +139,7 @@ async fn sigterm_drains_every_accepted_event_before_exit() {
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for i in 0..40 {
-        let (http, key, url) = (http.clone(), key.api_key.clone(), format!("http://{addr}/api/events/track/batch"));
+        let (http, key, url) = (http.clone(), api_key.clone(), format!("http://{addr}/api/events/track/batch"));
         tasks.push(tokio::spawn(async move {
             let events = vec![json!({"eventType": "drain", "userId": format!("u{i}")}); 5];
             http.post(url)
@@ -158,11 +150,14 @@ async fn sigterm_drains_every_accepted_event_before_exit() {
                 .map(|r| r.status().as_u16())
         }));
     }
-    wait_for_lock_waiters(&db, 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_lock_waiters(&db, 1).await;
+    let queued = async || when(queue_depth(&http, &format!("http://{addr}")).await, |depth| *depth == 200.0);
+    eventually(Duration::from_secs(10), "all 40 batches of five queued", queued).await;
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: the listener is closed, so new connections are refused.
+    let refused = async || when(tokio::net::TcpStream::connect(&addr).await.is_err(), |refused| *refused);
+    eventually(Duration::from_secs(5), "the server stopped accepting connections", refused).await;
     tx.commit().await.unwrap();
     let mut acked = 0;
     for t in tasks {

@@ -5,11 +5,13 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use strata::auth::ratelimit::Decision;
 use strata::config::Config;
 use strata::config::RateLimit;
 use uuid::Uuid;
 
 use crate::helpers::{reply, spawn_app_with, spawn_server_on, Reply, TestApp, ADMIN_TOKEN};
+use crate::wait::{eventually, when};
 
 const TEST_REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -45,9 +47,7 @@ fn assert_rate_limited(r: &Reply, limit: &str) {
 #[tokio::test]
 async fn ingestion_requests_over_the_per_key_limit_get_429_and_store_nothing() {
     let app = spawn_app_with(|c| c.ingest_rate_limit = limit("3/10m")).await;
-    let other = strata::accounts::create_key(&app.db, crate::helpers::KEY_SECRET.as_bytes(), app.app_id, "other", None)
-        .await
-        .unwrap();
+    let other = app.create_key("other").await;
 
     let mut remaining = Vec::new();
     for _ in 0..3 {
@@ -136,15 +136,8 @@ fn shared_limits(prefix: &str) -> impl Fn(&mut Config) + '_ {
 async fn wait_for_redis_bucket(key: &str, ms: i64) {
     let client = redis::Client::open(TEST_REDIS).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut pttl = -2;
-    for _ in 0..100 {
-        pttl = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
-        if pttl > ms {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the shared bucket {key} never went past {ms} ms ahead (PTTL {pttl})");
+    let pttl = async || when(redis::cmd("PTTL").arg(key).query_async::<i64>(&mut conn).await.unwrap(), |t| *t > ms);
+    eventually(Duration::from_secs(5), &format!("the shared bucket {key} more than {ms} ms ahead"), pttl).await;
 }
 
 #[tokio::test]
@@ -169,7 +162,9 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
     }
     // B's four reported too: A learns it at its next reconciliation.
     wait_for_redis_bucket(&bucket, 540_000).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (ingest, key_id) = (a.limits.ingest.clone().unwrap(), a.key_id.to_string());
+    let merged = async || when(ingest.peek(&key_id, 1).await, |d| matches!(d, Decision::Limited { .. }));
+    eventually(Duration::from_secs(2), "A merged B's reports into its own bucket", merged).await;
     let a_again = a.track(&event()).await;
 
     assert_eq!(statuses, [201; 6]);
@@ -213,9 +208,7 @@ fn code(r: &Reply) -> (u16, &str) {
 #[tokio::test]
 async fn guessing_keys_from_one_address_gets_429_before_any_lookup_while_a_cached_valid_key_works() {
     let app = spawn_app_with(|c| c.key_failure_rate_limit = limit("5/1m")).await;
-    let unused = strata::accounts::create_key(&app.db, crate::helpers::KEY_SECRET.as_bytes(), app.app_id, "new", None)
-        .await
-        .unwrap();
+    let unused = app.create_key("new").await;
     let elsewhere = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap());
     let elsewhere = elsewhere.build().unwrap();
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{connect, create_test_database, start_binary, KEY_SECRET};
+use crate::helpers::{create_test_database, keyed_database, start_binary, KeyedDatabase};
 
 const FAMILIES: [&str; 17] = [
     "strata_ingest_rejected_total",
@@ -40,10 +40,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 
 #[tokio::test]
 async fn metrics_expose_every_family_and_count_the_workload_exactly() {
-    let db_name = create_test_database().await;
-    let db = connect(&db_name).await;
-    let app = strata::accounts::create_app(&db, "metrics", None).await.unwrap();
-    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "k", None).await.unwrap();
+    let KeyedDatabase { name: db_name, api_key, .. } = keyed_database("metrics").await;
     let (mut child, addr) = start_binary(&db_name, &[("STRATA_METRICS_TOKEN", "scrape-me")]);
     let http = reqwest::Client::builder().no_gzip().build().unwrap();
     let url = |p: &str| format!("http://{addr}{p}");
@@ -55,12 +52,11 @@ async fn metrics_expose_every_family_and_count_the_workload_exactly() {
     for ev in
         [json!({"eventType": "a", "eventId": id}), json!({"eventType": "b"}), json!({"eventType": "a", "eventId": id})]
     {
-        let r = http.post(url("/api/events/track")).header("X-API-Key", &key.api_key).json(&ev).send().await.unwrap();
+        let r = http.post(url("/api/events/track")).header("X-API-Key", &api_key).json(&ev).send().await.unwrap();
         assert_eq!(r.status(), 201);
     }
     let batch = json!({"events": [{"eventType": "c"}, {"eventType": "c"}, {"nope": 1}]});
-    let r =
-        http.post(url("/api/events/track/batch")).header("X-API-Key", &key.api_key).json(&batch).send().await.unwrap();
+    let r = http.post(url("/api/events/track/batch")).header("X-API-Key", &api_key).json(&batch).send().await.unwrap();
     assert_eq!(r.status(), 207);
     let r = http.get(url("/api/analytics/users/someone")).send().await.unwrap();
     assert_eq!(r.status(), 401);

@@ -147,19 +147,11 @@ async fn regenerating_a_revoked_key_is_a_conflict_naming_the_reason_and_mints_no
         assert_eq!((again.status, again.body["error"]["code"].as_str()), (409, Some("key_revoked")), "{}", again.body);
         assert!(again.body.get("data").is_none());
     }
-    let keys: i64 = app
-        .db
-        .query_one("SELECT count(*) FROM api_keys WHERE app_id = $1::text::uuid", &[&app_id])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(keys, 2, "the original and its one replacement");
-    let active: i64 = app
-        .db
-        .query_one("SELECT count(*) FROM api_keys WHERE app_id = $1::text::uuid AND status = 'active'", &[&app_id])
-        .await
-        .unwrap()
-        .get(0);
+    const KEYS: &str = "SELECT count(*), count(*) FILTER (WHERE status = 'active') FROM api_keys \
+                        WHERE app_id = $1::text::uuid";
+    let keys = app.db.query_one(KEYS, &[&app_id]).await.unwrap();
+    let (all, active): (i64, i64) = (keys.get(0), keys.get(1));
+    assert_eq!(all, 2, "the original and its one replacement");
     assert_eq!(active, 1);
 }
 

@@ -7,6 +7,8 @@ use strata::config::{CacheMode, Config};
 use uuid::Uuid;
 
 use crate::helpers::{reply, spawn_app, spawn_app_with, spawn_server_on, Reply, ADMIN_TOKEN};
+use crate::oracle::assert_rollups_equal_raw;
+use crate::wait::{eventually, when};
 
 const TEST_REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -48,20 +50,7 @@ async fn erasing_a_user_deletes_their_events_and_their_rollup_counts_only() {
         app.db.query("SELECT DISTINCT user_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(left, ["keep-me"]);
     // Hour by hour, rollups (all shards) equal raw counts, breakdowns included.
-    let mismatches: i64 = app
-        .db
-        .query_one(
-            "WITH raw AS (SELECT date_trunc('hour', created_at, 'UTC') AS hour, count(*) AS n FROM events GROUP BY 1), \
-                  r AS (SELECT hour, sum(events) AS n FROM rollup_hourly GROUP BY 1), \
-                  d AS (SELECT hour, sum(events) AS n FROM rollup_hourly_dims WHERE dim = 'os' GROUP BY 1) \
-             SELECT count(*) FROM raw FULL JOIN r USING (hour) FULL JOIN d USING (hour) \
-             WHERE raw.n IS DISTINCT FROM r.n OR raw.n IS DISTINCT FROM d.n",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mismatches, 0);
+    assert_rollups_equal_raw(&app.db).await;
     let again = reply(app.http.delete(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await;
     assert_eq!(again.body["data"]["deletedEvents"], 0);
 }
@@ -139,13 +128,9 @@ async fn user_keys(prefix: &str) -> Vec<String> {
 }
 
 async fn wait_for_user_keys(prefix: &str, n: usize) {
-    for _ in 0..500 {
-        if user_keys(prefix).await.len() >= n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("{n} user answers did not reach Redis under {prefix}");
+    let what = format!("{n} user answers in Redis under {prefix}");
+    eventually(std::time::Duration::from_secs(10), &what, async || when(user_keys(prefix).await, |k| k.len() >= n))
+        .await;
 }
 
 async fn get(http: &reqwest::Client, url: String) -> Reply {
@@ -201,15 +186,12 @@ async fn after_an_erasure_no_cache_tier_of_any_instance_answers_the_users_activi
     let kept = format!("/api/analytics/users/keep-me?appId={}", a.app_id);
     assert_eq!(activity(&get(&b.http, b.url(&kept)).await).0, 2);
     // Aggregates follow the app's invalidation: other instances drop their L1 within a second.
-    let mut users = Value::Null;
-    for _ in 0..50 {
-        users = get(&b.http, b.url(&overview)).await.body["data"]["stats"]["totalUsers"].clone();
-        if users == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(users, 1);
+    let users =
+        async || when(get(&b.http, b.url(&overview)).await.body["data"]["stats"]["totalUsers"].clone(), |u| u == 1);
+    assert_eq!(
+        eventually(std::time::Duration::from_secs(1), "instance B's overview without the erased user", users).await,
+        1
+    );
 }
 
 #[tokio::test]

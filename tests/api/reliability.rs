@@ -20,7 +20,9 @@ use strata::app::Application;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{connect, create_test_database, start_binary, test_config, ADMIN_TOKEN, KEY_SECRET};
+use crate::helpers::{keyed_database, start_binary, test_config, KeyedDatabase, ADMIN_TOKEN, KEY_SECRET};
+use crate::oracle::assert_rollups_equal_raw;
+use crate::wait::required;
 use cluster::PrivateCluster;
 use load::{Load, Outcome};
 
@@ -36,19 +38,13 @@ async fn assert_exactly_once(db: &tokio_postgres::Client, app: Uuid, acked: &[Uu
     assert_eq!(distinct.difference(&acked_set).count(), 0, "stored but never acknowledged");
 }
 
-/// Hourly rollups per (hour, type) equal the raw counts.
-async fn assert_rollups_equal_raw(db: &tokio_postgres::Client, app: Uuid) {
-    const ROLLUP: &str = "SELECT hour, event_type, sum(events)::int8 FROM rollup_hourly WHERE app_id = $1 \
-         GROUP BY 1, 2 HAVING sum(events) <> 0 ORDER BY 1, 2";
-    const RAW: &str = "SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', event_type, \
-         count(*) FROM events WHERE app_id = $1 GROUP BY 1, 2 ORDER BY 1, 2";
-    type Row = (chrono::DateTime<chrono::Utc>, String, i64);
-    let read =
-        |rows: Vec<tokio_postgres::Row>| -> Vec<Row> { rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect() };
-    let rollup = read(db.query(ROLLUP, &[&app]).await.unwrap());
-    let raw = read(db.query(RAW, &[&app]).await.unwrap());
-    assert!(raw.len() > 1, "the load should span several (hour, type) cells");
-    assert_eq!(rollup, raw);
+/// The load spans several (hour, type) cells of `app`, and every rollup equals the raw rows.
+async fn assert_load_rollups_equal_raw(db: &tokio_postgres::Client, app: Uuid) {
+    const CELLS: &str =
+        "SELECT count(DISTINCT (date_trunc('hour', created_at, 'UTC'), event_type)) FROM events WHERE app_id = $1";
+    let cells: i64 = db.query_one(CELLS, &[&app]).await.unwrap().get(0);
+    assert!(cells > 1, "the load should span several (hour, type) cells");
+    assert_rollups_equal_raw(db).await;
 }
 
 /// The first acknowledgement completed after `t`: how long the service took to recover.
@@ -64,10 +60,7 @@ fn statuses_between(outcomes: &[Outcome], from: Instant, to: Instant) -> Vec<u16
 #[tokio::test]
 #[ignore = "long: a private PostgreSQL cluster restarted twice under load (~30 s); run with --ignored"]
 async fn acknowledged_events_survive_postgres_restart_and_postmaster_kill_exactly_once() {
-    let Some(cluster) = PrivateCluster::start().await else {
-        eprintln!("PostgreSQL server binaries not installed; skipped");
-        return;
-    };
+    let Some(cluster) = required(PrivateCluster::start().await, "PostgreSQL server binaries") else { return };
     let request_timeout = Duration::from_secs(5);
     let mut cfg = test_config("unused");
     cfg.database_url = Some(cluster.url.clone());
@@ -83,6 +76,8 @@ async fn acknowledged_events_survive_postgres_restart_and_postmaster_kill_exactl
     drop(db);
 
     let load = Load::start(&addr, &key.api_key, 8, 3, request_timeout + Duration::from_secs(2));
+    // The sleeps below are the scenario's timeline (load before, between and after the faults), not
+    // stand-ins for a condition: the load runs throughout.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restart_began = Instant::now();
     cluster.restart_fast().await;
@@ -115,7 +110,7 @@ async fn acknowledged_events_survive_postgres_restart_and_postmaster_kill_exactl
     }
     let db = strata::db::connect(&cluster.url).await.unwrap();
     assert_exactly_once(&db, app.id, &result.acked).await;
-    assert_rollups_equal_raw(&db, app.id).await;
+    assert_load_rollups_equal_raw(&db, app.id).await;
     stop.cancel();
     server.await.unwrap().unwrap();
 }
@@ -123,14 +118,12 @@ async fn acknowledged_events_survive_postgres_restart_and_postmaster_kill_exactl
 #[tokio::test]
 #[ignore = "long: the server binary killed with SIGKILL under load (~15 s); run with --ignored"]
 async fn server_kill_9_mid_load_loses_and_duplicates_nothing_when_clients_retry_by_event_id() {
-    let db_name = create_test_database().await;
-    let db = connect(&db_name).await;
-    let app = strata::accounts::create_app(&db, "kill", None).await.unwrap();
-    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "k", None).await.unwrap();
+    let KeyedDatabase { name: db_name, db, app_id, api_key } = keyed_database("kill").await;
     let env = [("STRATA_WRITERS", "2"), ("STRATA_ADMIN_TOKEN", ADMIN_TOKEN)];
     let (mut child, addr) = start_binary(&db_name, &env);
 
-    let load = Load::start(&addr, &key.api_key, 8, 5, Duration::from_secs(10));
+    let load = Load::start(&addr, &api_key, 8, 5, Duration::from_secs(10));
+    // The scenario's timeline: three seconds of load before the kill and after the restart.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed = Instant::now();
     child.kill().unwrap();
@@ -152,17 +145,14 @@ async fn server_kill_9_mid_load_loses_and_duplicates_nothing_when_clients_retry_
     assert!(bad.is_empty(), "unexpected answers: {bad:?}");
     assert!(statuses_between(outcomes, killed, restarted).contains(&0));
     assert!(recovery_after(outcomes, restarted).expect("acknowledged after the restart") < Duration::from_secs(5));
-    assert_exactly_once(&db, app.id, &result.acked).await;
-    assert_rollups_equal_raw(&db, app.id).await;
+    assert_exactly_once(&db, app_id, &result.acked).await;
+    assert_load_rollups_equal_raw(&db, app_id).await;
 }
 
 #[tokio::test]
 #[ignore = "long: 30 seconds of overload against the server binary; run with --ignored"]
 async fn overload_answers_201_or_503_with_retry_after_and_recovers_at_once() {
-    let db_name = create_test_database().await;
-    let db = connect(&db_name).await;
-    let app = strata::accounts::create_app(&db, "overload", None).await.unwrap();
-    let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "k", None).await.unwrap();
+    let KeyedDatabase { name: db_name, db, app_id, api_key } = keyed_database("overload").await;
     let request_timeout = Duration::from_secs(5);
     let env = [
         ("STRATA_INGEST_QUEUE_CAPACITY", "40"),
@@ -179,11 +169,11 @@ async fn overload_answers_201_or_503_with_retry_after_and_recovers_at_once() {
     // Each client sends its batch once (no retry), so the stored count must equal the acknowledged one.
     // 64 clients without pause against a queue of 40 events and one writer: far above 3x capacity
     // (the 201 / 503 counts printed below show by how much), for the issue's 30 seconds.
-    let result = load::overload(&addr, &key.api_key, 64, 10, Duration::from_secs(30)).await;
+    let result = load::overload(&addr, &api_key, 64, 10, Duration::from_secs(30)).await;
     let after_id = Uuid::new_v4();
     let after = reqwest::Client::new()
         .post(format!("http://{addr}/api/events/track/batch"))
-        .header("X-API-Key", &key.api_key)
+        .header("X-API-Key", &api_key)
         .json(&json!({"events": [{"eventType": "after", "eventId": after_id}]}))
         .send()
         .await
@@ -204,6 +194,6 @@ async fn overload_answers_201_or_503_with_retry_after_and_recovers_at_once() {
     assert_eq!(after_status, 201, "right after the load a request is accepted");
     let mut acked = result.acked.clone();
     acked.push(after_id);
-    assert_exactly_once(&db, app.id, &acked).await;
+    assert_exactly_once(&db, app_id, &acked).await;
     assert!(peak_mib < 256, "peak RSS {peak_mib} MiB");
 }

@@ -69,45 +69,21 @@ async fn gzip_bodies_are_accepted_and_zip_bombs_refused() {
         enc.write_all(data).unwrap();
         enc.finish().unwrap()
     };
+    // POSTs `body` with this app's key, encoded as `encoding` says.
+    let send = |path: &str, encoding: &str, body: Vec<u8>| {
+        let req = app.http.post(app.url(path)).header("X-API-Key", &app.api_key).header("Content-Encoding", encoding);
+        let req = req.body(body);
+        async move { reply(req.send().await.unwrap()).await }
+    };
     let body = json!({"events": [{"eventType": "zipped"}, {"eventType": "zipped"}]}).to_string();
-    let r = reply(
-        app.http
-            .post(app.url("/api/events/track/batch"))
-            .header("X-API-Key", &app.api_key)
-            .header("Content-Encoding", "gzip")
-            .body(gzip(body.as_bytes()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = send("/api/events/track/batch", "gzip", gzip(body.as_bytes())).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(app.raw_count().await, 2);
 
     let bomb = format!("{{\"eventType\":\"x\",\"metadata\":{{\"a\":\"{}\"}}}}", "0".repeat(1024 * 1024));
-    let r = reply(
-        app.http
-            .post(app.url("/api/events/track"))
-            .header("X-API-Key", &app.api_key)
-            .header("Content-Encoding", "gzip")
-            .body(gzip(bomb.as_bytes()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = send("/api/events/track", "gzip", gzip(bomb.as_bytes())).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (413, Some("payload_too_large")));
-    let r = reply(
-        app.http
-            .post(app.url("/api/events/track"))
-            .header("X-API-Key", &app.api_key)
-            .header("Content-Encoding", "br")
-            .body("{}")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = send("/api/events/track", "br", b"{}".to_vec()).await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (415, Some("unsupported_encoding")));
     assert_eq!(app.raw_count().await, 2);
 }

@@ -2,41 +2,14 @@
 //! compaction keep them equal to the raw rows at every tier, a rebuild reproduces them byte for byte,
 //! and large distinct counts stay within the sketch's documented error.
 
+use std::time::Duration as Wait;
+
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde_json::{json, Value};
 
 use crate::helpers::{connect, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN};
-
-/// Per tier: (app, period, type) keys whose merged rows plus remaining deltas disagree with the raw
-/// event count, for every type and for the all-types rows.
-async fn mismatches(db: &tokio_postgres::Client) -> Vec<(i16, i64)> {
-    let sql = "WITH raw AS ( \
-                 SELECT app_id, date_trunc($2, created_at, 'UTC') AS p, event_type, count(*) AS n FROM events \
-                 GROUP BY GROUPING SETS ((app_id, p, event_type), (app_id, p))), \
-               t AS ( \
-                 SELECT app_id, date_trunc($2, start, 'UTC') AS p, NULLIF(event_type, '') AS event_type, \
-                   sum(events) AS n \
-                 FROM rollup_tiers WHERE tier IN (0, $1::int2) GROUP BY 1, 2, 3) \
-               SELECT count(*) FROM raw FULL JOIN t \
-                 ON raw.app_id = t.app_id AND raw.p = t.p AND raw.event_type IS NOT DISTINCT FROM t.event_type \
-               WHERE raw.n IS DISTINCT FROM t.n";
-    let mut out = Vec::new();
-    for (tier, unit) in [(1i16, "hour"), (2, "day"), (3, "month")] {
-        out.push((tier, db.query_one(sql, &[&tier, &unit]).await.unwrap().get(0)));
-    }
-    // Quarter hours exist for all types together only; their deltas start on the quarter.
-    let quarters = "WITH raw AS ( \
-                      SELECT app_id, date_bin('15 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS p, \
-                        count(*) AS n \
-                      FROM events GROUP BY 1, 2), \
-                    t AS ( \
-                      SELECT app_id, start AS p, sum(events) AS n FROM rollup_tiers \
-                      WHERE tier IN (0, 4) AND event_type = '' GROUP BY 1, 2) \
-                    SELECT count(*) FROM raw FULL JOIN t ON raw.app_id = t.app_id AND raw.p = t.p \
-                    WHERE raw.n IS DISTINCT FROM t.n";
-    out.push((4, db.query_one(quarters, &[]).await.unwrap().get(0)));
-    out
-}
+use crate::oracle::assert_rollups_equal_raw;
+use crate::wait::eventually;
 
 /// Every merged row, canonical: sketches are sorted distinct hashes while small.
 async fn merged_rows(db: &tokio_postgres::Client) -> Vec<String> {
@@ -47,20 +20,19 @@ async fn merged_rows(db: &tokio_postgres::Client) -> Vec<String> {
 }
 
 async fn compact_all(app: &TestApp) {
+    const DELTAS: &str = "SELECT count(*) FROM rollup_tiers WHERE tier = 0";
     let mut client = connect(&app.db_name).await;
     // The server's own compactor may hold the lock for a moment.
-    loop {
+    eventually(Wait::from_secs(30), "every delta compacted", async || {
         match strata::rollup::compact::compact(&mut client).await.unwrap() {
-            Some(0) => {
-                let left: i64 =
-                    app.db.query_one("SELECT count(*) FROM rollup_tiers WHERE tier = 0", &[]).await.unwrap().get(0);
-                if left == 0 {
-                    return;
-                }
-            }
-            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Some(0) => match app.db.query_one(DELTAS, &[]).await.unwrap().get::<_, i64>(0) {
+                0 => Ok(()),
+                left => Err(format!("{left} deltas left")),
+            },
+            other => Err(format!("compact answered {other:?}")),
         }
-    }
+    })
+    .await;
 }
 
 fn events(base: DateTime<Utc>, n: i64) -> Vec<Value> {
@@ -94,9 +66,9 @@ async fn concurrent_ingestion_and_compaction_keep_every_tier_equal_to_raw_rows()
         assert_eq!(r.status, 201, "{}", r.body);
     }
     // Deltas may remain: readers add them to the merged rows.
-    assert_eq!(mismatches(&app.db).await, [(1, 0), (2, 0), (3, 0), (4, 0)]);
+    assert_rollups_equal_raw(&app.db).await;
     compact_all(&app).await;
-    assert_eq!(mismatches(&app.db).await, [(1, 0), (2, 0), (3, 0), (4, 0)]);
+    assert_rollups_equal_raw(&app.db).await;
     let raw: i64 = app.db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
     assert_eq!(raw, 960);
 }

@@ -5,12 +5,12 @@
 //! prefix, and the in-flight budget sheds with 503 `overloaded` and `Retry-After`.
 
 use std::io::Write;
-use std::time::Duration;
 
 use serde_json::json;
 
 use super::assert_error;
 use crate::helpers::{connect, reply, spawn_app, spawn_app_with, Reply, TestApp};
+use crate::wait::until_lock_waiters;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -82,20 +82,6 @@ async fn a_body_without_a_header_key_is_searched_for_its_api_key_only_in_its_fir
     assert_eq!(app.raw_count().await, 2_001);
 }
 
-/// Waits until a session of `db` waits for a lock (the writer blocked behind the test's lock).
-async fn until_a_lock_is_awaited(app: &TestApp) {
-    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-                   WHERE NOT l.granted AND a.datname = $1";
-    for _ in 0..1_000 {
-        let n: i64 = app.db.query_one(waiting, &[&app.db_name]).await.unwrap().get(0);
-        if n > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the writer never waited for the lock");
-}
-
 #[tokio::test]
 async fn bodies_beyond_the_in_flight_budget_are_shed_with_503_overloaded_and_retry_after() {
     let app = spawn_app_with(|c| {
@@ -122,7 +108,7 @@ async fn bodies_beyond_the_in_flight_budget_are_shed_with_503_overloaded_and_ret
             async move { reply(http.post(url).header("X-API-Key", key).json(&body).send().await.unwrap()).await },
         )
     };
-    until_a_lock_is_awaited(&app).await;
+    until_lock_waiters(&app.db, 1).await;
 
     let shed = app.post("/api/events/track/batch", &batch("second")).await;
     assert_error(&shed, 503, "overloaded", "second batch while the first holds the budget");

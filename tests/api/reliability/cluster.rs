@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uuid::Uuid;
+
+use crate::wait::eventually;
 
 pub struct PrivateCluster {
     /// The state directory handed to `strata::embedded`.
@@ -68,20 +70,9 @@ impl PrivateCluster {
 
     /// Starts the killed cluster again on its port; retried while its old backends still hold shared memory.
     pub async fn start_again(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match strata::embedded::start_or_reuse(&self.dir).await {
-                Ok(pg) => {
-                    assert_eq!(pg.database_url, self.url, "the cluster came back on another port");
-                    return;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("cluster not started yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("the killed cluster did not start again: {e}"),
-            }
-        }
+        let started = async || strata::embedded::start_or_reuse(&self.dir).await.map_err(|e| e.to_string());
+        let pg = eventually(Duration::from_secs(60), "the killed cluster started again", started).await;
+        assert_eq!(pg.database_url, self.url, "the cluster came back on another port");
     }
 }
 

@@ -162,6 +162,7 @@ async fn retrying_client(
                 break;
             }
             assert!(Instant::now() < give_up, "a batch was not acknowledged within {GIVE_UP:?}: {outcomes:?}");
+            // The client's own retry pause (the behaviour under test), not a wait for a condition.
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }

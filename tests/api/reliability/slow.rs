@@ -88,6 +88,7 @@ async fn slow_headers_silent_connections_and_slow_bodies_are_cut_off_while_other
         let t = Instant::now();
         let r = app.track(&json!({"eventType": "normal"})).await;
         normal.push((r.status, t.elapsed()));
+        // Paced on purpose (under test): normal requests spread over the second the slow clients hold.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut cut_headers = Vec::new();

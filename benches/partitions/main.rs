@@ -24,21 +24,23 @@
 //! `STRATA_BENCH_MAINTENANCE_PERIOD` (seconds between maintenance iterations, default 1).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use partition_jobs::{Month, OutcomeStatus, RunReport, RunStatus};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+#[path = "../common/mod.rs"]
 mod common;
+mod figures;
+
 use common::*;
+use figures::{ms, Stats, Summary};
 
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 const NOOP_RUNS: usize = 9;
@@ -61,17 +63,13 @@ async fn bench() -> Result<()> {
     println!("=== Strata partition-maintenance benchmark ===");
     println!("machine: {cores} cores shared by this load generator, the strata server and PostgreSQL.");
     println!("ingestion phases: {:.1} s measured after {:.1} s warm-up", seconds.as_secs_f64(), warmup.as_secs_f64());
-    let name = format!("strata_bench_{}", Uuid::new_v4().simple());
-    let admin = strata::db::connect(&admin_url).await.with_context(|| format!("connecting to {admin_url}"))?;
-    admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.context("creating the scratch database")?;
-    println!("scratch database: {name}\n");
-    let url = with_database(&admin_url, &name)?;
-    let outcome = tokio::spawn(run(url, seconds, warmup)).await;
-    match admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await {
-        Ok(()) => println!("\nscratch database {name} dropped"),
-        Err(e) => eprintln!("warning: could not drop scratch database {name}: {e}"),
-    }
-    let summary = outcome.map_err(|e| anyhow!("benchmark task failed: {e}"))??;
+    let summary = ScratchDb::run_in(&admin_url, |url| async move {
+        println!();
+        let summary = run(url, seconds, warmup).await;
+        println!();
+        summary
+    })
+    .await?;
     summary.print();
     if !summary.consistent() {
         bail!("the database does not hold what was acknowledged or moved (see above)");
@@ -121,8 +119,11 @@ async fn run(url: String, seconds: Duration, warmup: Duration) -> Result<Summary
     // (3) Ingestion over HTTP without, then with, concurrent maintenance.
     let app = strata::accounts::create_app(&db, "bench", None).await?;
     let key = strata::accounts::create_key(&db, KEY_SECRET.as_bytes(), app.id, "bench", None).await?;
-    let mut server = Server::start(&url).await?;
-    println!("server pid {} listening on {}", server.child.id(), server.addr);
+    let mut server = Server::spawn(&url, |cmd| {
+        cmd.env("STRATA_MAINTENANCE_INTERVAL", "24h");
+    })
+    .await?;
+    println!("server pid {} listening on {}", server.pid, server.addr);
     let target = format!("http://{}/api/events/track/batch", server.addr);
     let _ = db.batch_execute("CHECKPOINT").await;
     let alone = load(&target, &key.api_key, seconds, warmup).await?;
@@ -143,7 +144,9 @@ async fn run(url: String, seconds: Duration, warmup: Duration) -> Result<Summary
     let ratio = busy.events_per_s / ((alone.events_per_s + after.events_per_s) / 2.0);
     println!("(3) ratio with/without maintenance: {ratio:.3} (target >= {TARGET_RATIO})");
     server.stop().await?;
-    println!("    server stopped; {} WARN/ERROR/non-JSON log lines{}", server.notable(), server.samples());
+    let (notable, samples) = server.notable();
+    let samples: String = samples.iter().take(5).map(|l| format!("\n      {l}")).collect();
+    println!("    server stopped; {notable} WARN/ERROR/non-JSON log lines{samples}");
     let acked = alone.acked + busy.acked + after.acked;
     let stored: i64 = db.query_one("SELECT count(*) FROM events", &[]).await?.get(0);
     println!("    events acknowledged (201): {acked}, count(*) FROM events: {stored}\n");
@@ -393,193 +396,4 @@ fn batch_body() -> String {
         })
         .collect();
     format!(r#"{{"events":[{}]}}"#, events.join(","))
-}
-
-// ---------------------------------------------------------------------------------------------------
-// The server subprocess (as in benches/ingest.rs, shorter)
-// ---------------------------------------------------------------------------------------------------
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    notable: Arc<(AtomicU64, std::sync::Mutex<Vec<String>>)>,
-    stopped: bool,
-}
-
-impl Server {
-    async fn start(db_url: &str) -> Result<Server> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .arg("serve")
-            .env("DATABASE_URL", db_url)
-            .env("STRATA_LISTEN", "127.0.0.1:0")
-            .env("STRATA_LOG_FORMAT", "json")
-            .env("STRATA_KEY_SECRET", KEY_SECRET)
-            .env("STRATA_ADMIN_TOKEN", "bench-admin")
-            .env("STRATA_MAINTENANCE_INTERVAL", "24h")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the strata server")?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let notable = Arc::new((AtomicU64::new(0), std::sync::Mutex::new(Vec::new())));
-        let (tx, rx) = mpsc::channel();
-        let logs = notable.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-                let addr = parsed.as_ref().and_then(|v| v.pointer("/fields/addr")).and_then(|a| a.as_str());
-                if let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
-                    let _ = tx.send(addr);
-                }
-                let level = parsed.as_ref().and_then(|v| v.get("level")).and_then(|l| l.as_str());
-                if parsed.is_none() || matches!(level, Some("WARN" | "ERROR")) {
-                    logs.0.fetch_add(1, Ordering::Relaxed);
-                    let mut samples = logs.1.lock().expect("log lock");
-                    if samples.len() < 5 {
-                        samples.push(line);
-                    }
-                }
-            }
-        });
-        let mut server = Server { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), notable, stopped: false };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(addr) = rx.try_recv() {
-                server.addr = addr;
-                return Ok(server);
-            }
-            if let Some(status) = server.child.try_wait()? {
-                server.stopped = true;
-                bail!("the server exited at start-up ({status}): {}", server.samples());
-            }
-            if Instant::now() > deadline {
-                bail!("the server did not log its address within 60 s: {}", server.samples());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn notable(&self) -> u64 {
-        self.notable.0.load(Ordering::Relaxed)
-    }
-
-    fn samples(&self) -> String {
-        let samples = self.notable.1.lock().expect("log lock");
-        samples.iter().map(|l| format!("\n      {l}")).collect()
-    }
-
-    /// SIGTERM, then waits up to 60 s for the graceful drain.
-    async fn stop(&mut self) -> Result<()> {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().context("kill -TERM")?;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if self.child.try_wait()?.is_some() {
-                self.stopped = true;
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!("the server did not exit within 60 s of SIGTERM")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if !self.stopped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Figures
-// ---------------------------------------------------------------------------------------------------
-
-struct Stats {
-    median: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn of(mut samples: Vec<Duration>) -> Stats {
-        samples.sort_unstable();
-        Stats { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] }
-    }
-
-    fn line(&self) -> String {
-        format!("median {} ms, min {} ms, max {} ms", ms(self.median), ms(self.min), ms(self.max))
-    }
-}
-
-struct Summary {
-    noop: Stats,
-    create: Stats,
-    alone: Load,
-    busy: Load,
-    after: Load,
-    ratio: f64,
-    churn: Churn,
-    acked: u64,
-    stored: i64,
-    drain: Duration,
-    drain_ok: bool,
-}
-
-impl Summary {
-    fn consistent(&self) -> bool {
-        self.stored == self.acked as i64 && self.drain_ok
-    }
-
-    fn print(&self) {
-        let mark = |ok: bool| if ok { "met" } else { "NOT MET" };
-        let rows = [
-            ("maintenance run with nothing to do (median)", format!("{} ms", ms(self.noop.median)), "no target"),
-            ("create one month + parent's indexes (median)", format!("{} ms", ms(self.create.median)), "no target"),
-            ("ingestion without maintenance (before)", format!("{} ev/s", fmt_rate(self.alone.events_per_s)), "-"),
-            ("ingestion with maintenance", format!("{} ev/s", fmt_rate(self.busy.events_per_s)), "-"),
-            ("ingestion without maintenance (after)", format!("{} ev/s", fmt_rate(self.after.events_per_s)), "-"),
-            (
-                "  (maintenance iterations during the phase)",
-                format!("{}", self.churn.iterations),
-                if self.churn.iterations > 0 { "-" } else { "NOT MET" },
-            ),
-            (
-                "ratio with / mean without maintenance >= 0.9",
-                format!("{:.3}", self.ratio),
-                mark(self.ratio >= TARGET_RATIO),
-            ),
-            ("HTTP errors during ingestion = 0", self.error_count().to_string(), mark(self.error_count() == 0)),
-            (
-                "count(*) FROM events = acknowledged",
-                format!("{} / {}", self.stored, self.acked),
-                mark(self.stored == self.acked as i64),
-            ),
-            (
-                "move 100,000 rows out of DEFAULT",
-                format!(
-                    "{:.2} s ({} rows/s)",
-                    self.drain.as_secs_f64(),
-                    fmt_rate(DEFAULT_ROWS as f64 / self.drain.as_secs_f64())
-                ),
-                "no target",
-            ),
-            ("  all 100,000 in their month, default empty", String::new(), mark(self.drain_ok)),
-        ];
-        println!("\n=== Summary (issue 3 benchmark) ===");
-        for (name, figure, verdict) in rows {
-            println!("{name:<48} {figure:>26}  {verdict}");
-        }
-    }
-
-    fn error_count(&self) -> u64 {
-        self.alone.errors.values().chain(self.busy.errors.values()).chain(self.after.errors.values()).sum()
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
 }
