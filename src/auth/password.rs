@@ -44,7 +44,14 @@ static SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::ne
 /// Runs `work` on the blocking pool in one of the hashing slots. The slot goes with the work, so a
 /// request abandoned by its client still holds it until the hash is done.
 async fn in_slot<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordError> {
-    let permit = match tokio::time::timeout(SLOT_WAIT, SLOTS.clone().acquire_owned()).await {
+    in_slot_of(&SLOTS, work).await
+}
+
+async fn in_slot_of<T: Send + 'static>(
+    slots: &Arc<Semaphore>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PasswordError> {
+    let permit = match tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()).await {
         Ok(Ok(permit)) => permit,
         _ => return Err(PasswordError::Busy),
     };
@@ -108,12 +115,16 @@ mod tests {
     /// While every slot is taken, a hash waits [`SLOT_WAIT`] and is refused; once one is free it runs.
     #[tokio::test(start_paused = true)]
     async fn hashes_beyond_the_slots_wait_then_are_refused() {
-        let held = SLOTS.clone().acquire_many_owned(slots() as u32).await.unwrap();
+        // Its own slots: the process-wide ones are shared with the other tests.
+        let slots = Arc::new(Semaphore::new(1));
+        let held = slots.clone().acquire_owned().await.unwrap();
         let started = tokio::time::Instant::now();
-        let refused = hash("correct horse".into()).await.unwrap_err();
+        let refused = in_slot_of(&slots, || hash_now("correct horse")).await.unwrap_err();
         assert!(matches!(refused, PasswordError::Busy), "{refused}");
         assert_eq!(started.elapsed(), SLOT_WAIT);
         drop(held);
-        assert!(hash("correct horse".into()).await.unwrap().starts_with("$argon2id$"));
+        let phc = in_slot_of(&slots, || hash_now("correct horse")).await.unwrap().unwrap();
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert_eq!(slots.available_permits(), 1, "the slot is given back");
     }
 }
