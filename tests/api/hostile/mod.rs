@@ -6,6 +6,7 @@
 
 mod bodies;
 mod headers;
+mod keys;
 mod memory;
 mod params;
 
