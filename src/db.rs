@@ -117,9 +117,12 @@ impl std::fmt::Debug for Secrets {
 impl Secrets {
     /// Resolves every secret: configured value, else the stored one, else a new stored one.
     pub async fn load(client: &tokio_postgres::Client, cfg: &Config) -> Result<Secrets, DbError> {
-        let admin_token = resolve(client, "admin_token", cfg.admin_token.as_deref()).await?;
-        let key_secret = resolve(client, "key_secret", cfg.key_secret.as_deref()).await?;
-        let jwt_secret = resolve(client, "jwt_secret", cfg.jwt_secret.as_deref()).await?;
+        let admin_token =
+            resolve(client, "admin_token", cfg.admin_token.as_ref().map(crate::config::Secret::expose)).await?;
+        let key_secret =
+            resolve(client, "key_secret", cfg.key_secret.as_ref().map(crate::config::Secret::expose)).await?;
+        let jwt_secret =
+            resolve(client, "jwt_secret", cfg.jwt_secret.as_ref().map(crate::config::Secret::expose)).await?;
         Ok(Secrets { admin_token, key_secret: key_secret.into_bytes(), jwt_secret: jwt_secret.into_bytes() })
     }
 }

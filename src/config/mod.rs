@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use proxies::TrustedProxies;
-pub use values::{parse_duration, RateLimit, MAX_BUCKETS};
+pub use values::{parse_duration, RateLimit, Secret, MAX_BUCKETS};
 
 /// A setting that could not be read; the message names it.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +59,11 @@ pub struct Config {
     pub cache_warm: Option<usize>,
     /// `STRATA_ADMIN_TOKEN`: bearer token of DBA endpoints; generated once and stored in the
     /// database when unset.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// `STRATA_KEY_SECRET`: HMAC secret of API keys; generated once and stored when unset.
-    pub key_secret: Option<String>,
+    pub key_secret: Option<Secret>,
     /// `STRATA_JWT_SECRET`: signing secret of owner tokens; generated once and stored when unset.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// `STRATA_TOKEN_TTL` (default `7d`, the original's): lifetime of owner bearer tokens.
     pub token_ttl: Duration,
     /// `STRATA_AUTH_RATE_LIMIT` (default `10/15m`, the original's; `off` disables): register and
@@ -147,7 +147,7 @@ pub struct Config {
     /// within this time (slowloris, or an idle keep-alive connection) is closed.
     pub header_timeout: Duration,
     /// `STRATA_METRICS_TOKEN`: when set, `/metrics` needs this bearer token (or the admin token).
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<Secret>,
     /// `STRATA_SLOW_REQUEST` (default `1s`): requests slower than this are logged with their timing.
     pub slow_request: Duration,
     /// `STRATA_SLOW_QUERY` (default `500ms`): analytics statements and group commits slower than this
@@ -292,9 +292,9 @@ impl Config {
             c.cache_mode =
                 CacheMode::parse(&v).ok_or_else(|| invalid("STRATA_CACHE", &v, "expected on, off, l1 or l2"))?;
         }
-        c.admin_token = get("STRATA_ADMIN_TOKEN");
-        c.key_secret = get("STRATA_KEY_SECRET");
-        c.jwt_secret = get("STRATA_JWT_SECRET");
+        c.admin_token = get("STRATA_ADMIN_TOKEN").map(Secret::from);
+        c.key_secret = get("STRATA_KEY_SECRET").map(Secret::from);
+        c.jwt_secret = get("STRATA_JWT_SECRET").map(Secret::from);
         let count = |k: &str, d: usize| -> Result<usize, ConfigError> {
             get(k).map_or(Ok(d), |v| parse_with(k, &v, |s| s.parse().ok()))
         };
@@ -375,7 +375,7 @@ impl Config {
         c.shutdown_grace = dur("STRATA_SHUTDOWN_GRACE", c.shutdown_grace)?;
         c.request_timeout = dur("STRATA_REQUEST_TIMEOUT", c.request_timeout)?;
         c.header_timeout = dur("STRATA_HEADER_TIMEOUT", c.header_timeout)?;
-        c.metrics_token = get("STRATA_METRICS_TOKEN");
+        c.metrics_token = get("STRATA_METRICS_TOKEN").map(Secret::from);
         c.slow_request = dur("STRATA_SLOW_REQUEST", c.slow_request)?;
         c.slow_query = dur("STRATA_SLOW_QUERY", c.slow_query)?;
         if let Some(v) = get("STRATA_LOG_FORMAT") {
@@ -488,6 +488,25 @@ mod tests {
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn secrets_are_read_but_never_shown_by_debug() {
+        let secrets = [
+            ("STRATA_ADMIN_TOKEN", "admin-8c1f"),
+            ("STRATA_KEY_SECRET", "key-51a0"),
+            ("STRATA_JWT_SECRET", "jwt-77e2"),
+            ("STRATA_METRICS_TOKEN", "metrics-0d93"),
+        ];
+        let c = Config::from_vars(&vars(&secrets)).unwrap();
+        let read =
+            [&c.admin_token, &c.key_secret, &c.jwt_secret, &c.metrics_token].map(|s| s.as_ref().unwrap().expose());
+        assert_eq!(read, secrets.map(|(_, v)| v));
+        let shown = format!("{c:?}");
+        for (_, value) in secrets {
+            assert!(!shown.contains(value), "{value} in {shown}");
+        }
+        assert_eq!(shown.matches("Secret(<redacted>)").count(), 4, "{shown}");
     }
 
     #[test]

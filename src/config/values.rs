@@ -1,10 +1,41 @@
 //! The types of setting values: durations ([`parse_duration`]), rate limits ([`RateLimit`], enforced
-//! by `auth::ratelimit`), and the default bucket cap of timelines ([`MAX_BUCKETS`]).
+//! by `auth::ratelimit`), secrets ([`Secret`], never shown by `Debug`), and the default bucket cap
+//! of timelines ([`MAX_BUCKETS`]).
 
 use std::time::Duration;
 
 /// Most buckets one timeline may have, by default (`STRATA_MAX_BUCKETS`).
 pub const MAX_BUCKETS: usize = 10_000;
+
+/// A secret setting (a token or signing key): `Debug` shows that it is set, never its value, so a
+/// logged or printed `Config` leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
 
 /// Parses `250ms`, `5s`, `10m`, `24h`, `7d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {

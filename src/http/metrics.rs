@@ -20,7 +20,8 @@ pub fn router() -> Router<AppState> {
 async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     if let Some(expected) = &s.cfg.metrics_token {
         let presented = bearer_token(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
-        let ok = presented.is_some_and(|t| token_matches(t, expected) || token_matches(t, &s.secrets.admin_token));
+        let ok =
+            presented.is_some_and(|t| token_matches(t, expected.expose()) || token_matches(t, &s.secrets.admin_token));
         if !ok {
             return Err(ApiError::unauthorized("unauthorized", "a metrics bearer token is required"));
         }
