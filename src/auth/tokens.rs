@@ -4,7 +4,8 @@
 //! Hand-rolled on the `hmac`, `sha2` and `base64` crates already in the tree rather than
 //! `jsonwebtoken`: we need exactly one algorithm, and a fixed one is safer than a library that
 //! dispatches on the token's own `alg` header; jsonwebtoken 10+ also panics at first use unless a
-//! crypto-backend feature is chosen (a pitfall recorded in the team's shared toolchain notes), and would add a second HMAC implementation.
+//! crypto-backend feature is chosen (a pitfall in the team's shared toolchain notes), and would add
+//! a second HMAC implementation.
 //! The whole format is ~60 lines and tested below. The signature is checked in constant time
 //! (`Mac::verify_slice`) before any claim is trusted.
 //!
