@@ -4,13 +4,14 @@
 //!   the freshness period F.
 //! - L2 ([`l2`]): Redis shared by all instances, TTL by class ([`keys::TtlClass`]). Optional: absent,
 //!   down or slow Redis is counted in `strata_redis_errors_total` and skipped.
-//! - Single flight across both tiers: identical concurrent L1 misses (same app generation and query)
-//!   share one L2 lookup and, when L2 misses, fails or times out, one computation; with L1 disabled
-//!   too. A lookup slower than `STRATA_REDIS_TIMEOUT` keeps running beside the computation (up to
-//!   1 s) and answers if it comes first. A cancelled leader hands over to one of the waiters; a failure is shared by the requests that
-//!   waited for it, never cached.
-//! - Answers are kept serialised ([`Cached::data`], the response's `data` as JSON bytes): a hit
-//!   copies bytes into the response envelope, it never parses or clones a JSON tree.
+//! - Single flight across both tiers ([`flight`]): identical concurrent L1 misses (same app
+//!   generation and query) share one L2 lookup and, when L2 misses, fails or times out, one
+//!   computation; with L1 disabled too. A lookup slower than `STRATA_REDIS_TIMEOUT` keeps running
+//!   beside the computation (up to 1 s) and answers if it comes first. A cancelled leader hands over
+//!   to one of the waiters; a failure is shared by the requests that waited for it, never cached.
+//! - Answers are kept serialised ([`entry`]: [`Cached::data`], the response's `data` as JSON
+//!   bytes, and `{source}\n{data}` in Redis): a hit copies bytes into the response envelope, it never
+//!   parses or clones a JSON tree.
 //! - Warming ([`warm`], `STRATA_CACHE_WARM`): the most requested queries of active apps are
 //!   precomputed after start and after each hour rollover.
 //!
@@ -36,7 +37,8 @@
 //! queries ([`keys`]).
 
 pub mod bus;
-mod cached;
+pub mod entry;
+pub mod flight;
 pub mod keys;
 pub mod l2;
 pub mod warm;
@@ -47,7 +49,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use metrics::{counter, gauge};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -56,38 +57,15 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::query::{QueryError, Source};
-pub use cached::Cached;
+pub use entry::{Cached, Tier};
+use flight::Flights;
 pub use keys::{QueryKey, TtlClass};
 use l2::L2;
 pub use warm::Recipe;
 
-/// Which tier answered, reported as `meta.cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tier {
-    /// The in-process cache.
-    L1,
-    /// Redis.
-    L2,
-    /// Neither: computed from the database.
-    #[default]
-    Miss,
-}
-
-impl Tier {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::L1 => "l1",
-            Tier::L2 => "l2",
-            Tier::Miss => "miss",
-        }
-    }
-}
-
-/// The outcome of one flight, shared by the requests that waited for it.
-type FlightResult = Result<Arc<Cached>, Arc<QueryError>>;
-/// One flight: the first request to get in fills it, later ones wait for it.
-type Flight = Arc<tokio::sync::OnceCell<FlightResult>>;
+/// The outcome of one flight (the answer and the tier that gave it to the request that flew),
+/// shared by the requests that waited for it.
+type FlightResult = Result<(Arc<Cached>, Tier), Arc<QueryError>>;
 
 /// An answer and the tier that gave it.
 #[derive(Debug, Clone)]
@@ -109,7 +87,7 @@ pub struct Inner {
     l1: Option<moka::future::Cache<String, Arc<Cached>>>,
     l2: Option<L2>,
     /// Lookups in progress by L1 key (app, local generation, query): single flight over both tiers.
-    flights: Mutex<HashMap<String, Flight>>,
+    flights: Flights<FlightResult>,
     /// Warming state, when `STRATA_CACHE_WARM` is on.
     warm: Option<Arc<warm::Warm>>,
     /// Per-app local generations: part of every L1 key, bumped by local commits and bus messages.
@@ -170,7 +148,7 @@ impl Cache {
         let inner = Arc::new(Inner {
             l1,
             l2,
-            flights: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
             warm: cfg.cache_warm.map(|_| warm::Warm::new()),
             gens: Mutex::new(HashMap::new()),
             instance: Uuid::new_v4(),
@@ -211,8 +189,7 @@ impl Cache {
 
     /// Requests currently boarded on a flight (waiting for an L2 lookup or a computation; for tests).
     pub fn passengers(&self) -> usize {
-        let flights = self.inner.flights.lock().expect("flights lock");
-        flights.values().map(|f| Arc::strong_count(f).saturating_sub(1)).sum()
+        self.inner.flights.passengers()
     }
 
     /// True while this instance is subscribed to the invalidation bus.
@@ -379,35 +356,20 @@ impl Inner {
                 return Ok(Hit { value, tier: Tier::L1 });
             }
         }
-        let flight = self.flights.lock().expect("flights lock").entry(l1_key.clone()).or_default().clone();
-        let boarding = Boarding { flights: &self.flights, key: &l1_key, flight: &flight };
-        // Set by whoever runs the flight (the other requests only wait for it).
-        let mut led: Option<Tier> = None;
-        let led_ref = &mut led;
-        let l1_key_ref = &l1_key;
-        let result = flight
-            .get_or_init(move || async move {
-                let (value, tier) = self.fly(l1_key_ref, key, compute).await?;
-                *led_ref = Some(tier);
-                Ok(value)
-            })
-            .await
-            .clone();
-        drop(boarding);
-        let value = result?;
+        let (outcome, led) = self.flights.run(&l1_key, || self.fly(&l1_key, key, compute)).await;
+        let (value, leader_tier) = outcome?;
         // A waiter was answered in process (as if from L1) when there is an L1, else by the leader's tier.
-        let tier = led.unwrap_or(if self.l1_for(key).is_some() { Tier::L1 } else { value.origin });
+        let tier = match led {
+            true => leader_tier,
+            false if self.l1_for(key).is_some() => Tier::L1,
+            false => value.origin,
+        };
         Ok(Hit { value, tier })
     }
 
     /// The flight itself: L1 once more (the previous flight may just have filled it), L2, else
     /// `compute`; fills L1. Returns the answer and the tier that gave it.
-    async fn fly<F, Fut>(
-        &self,
-        l1_key: &str,
-        key: &QueryKey,
-        compute: F,
-    ) -> Result<(Arc<Cached>, Tier), Arc<QueryError>>
+    async fn fly<F, Fut>(&self, l1_key: &str, key: &QueryKey, compute: F) -> FlightResult
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Value, Source), QueryError>>,
@@ -478,9 +440,7 @@ impl Inner {
                 }
             }
         };
-        // Serialising a `Value` cannot fail (its keys are strings).
-        let data = Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| b"null".to_vec()));
-        let cached = Cached { data, source, origin: Tier::Miss };
+        let cached = Cached::computed(&data, source);
         if let (Some(l2), Some(gen)) = (self.l2.clone(), gen) {
             let bytes = cached.encode();
             let (key, ttl) = (key.clone(), self.ttl(key.class));
@@ -523,27 +483,6 @@ impl Counters {
     }
 }
 
-/// A request's place on a flight: when it leaves (done, or cancelled), the flight leaves the map once
-/// it finished or nobody else waits for it, so later requests read L1 or start a new flight and no
-/// abandoned flight stays behind.
-struct Boarding<'a> {
-    flights: &'a Mutex<HashMap<String, Flight>>,
-    key: &'a str,
-    flight: &'a Flight,
-}
-
-impl Drop for Boarding<'_> {
-    fn drop(&mut self) {
-        let Ok(mut flights) = self.flights.lock() else { return };
-        let Some(current) = flights.get(self.key) else { return };
-        // The map's reference and ours: nobody else will fly it. (Joining happens under this lock.)
-        let alone = Arc::strong_count(self.flight) <= 2;
-        if Arc::ptr_eq(current, self.flight) && (self.flight.initialized() || alone) {
-            flights.remove(self.key);
-        }
-    }
-}
-
 /// Generation keys outlive every answer stored under them.
 fn gen_ttl(cfg: &Config) -> Duration {
     cfg.cache_ttl_recent.max(cfg.cache_ttl_closed).saturating_mul(2)
@@ -574,3 +513,6 @@ async fn warn_unless_lru(l2: L2) {
         Err(e) => tracing::debug!(error = %e, "could not read Redis maxmemory-policy"),
     }
 }
+
+#[cfg(test)]
+mod tests;
