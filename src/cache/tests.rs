@@ -16,7 +16,8 @@ use crate::config::Config;
 
 /// The default configuration: L1 on, no Redis.
 fn in_process_cache() -> Cache {
-    Cache::start(&Config::default(), CancellationToken::new(), &TaskTracker::new())
+    let (cfg, stop, tracker) = (Config::default(), CancellationToken::new(), TaskTracker::new());
+    Cache::start(&cfg, Bus::start(&cfg, stop.clone(), &tracker), stop, &tracker)
 }
 
 fn closed_query(app: Uuid) -> QueryKey {
