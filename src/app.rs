@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::keys::KeyAuth;
+use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::{self, Secrets};
@@ -63,17 +64,14 @@ impl Application {
             partition_lock_timeout: cfg.partition_lock_timeout,
             store_timeout: cfg.request_timeout,
         };
-        let cache = Cache::start(&cfg, background_stop.clone(), &tracker);
+        let bus = Bus::start(&cfg, background_stop.clone(), &tracker);
+        let cache = Cache::start(&cfg, bus.clone(), background_stop.clone(), &tracker);
         let limits =
             crate::auth::ratelimit::Limits::start(&cfg, &secrets.key_secret, background_stop.clone(), &tracker);
         let queue = writer::start(pool.clone(), writer_cfg, cache.clone(), background_stop.clone(), &tracker);
         let keys = KeyAuth::new(pool.clone(), secrets.key_secret.clone(), &cfg, limits.key_failures.clone());
-        // Keys revoked on other instances leave this one's key cache at once (over the cache bus).
-        let revoked = keys.clone();
-        cache.on_key_revoked(Box::new(move |hash| {
-            let keys = revoked.clone();
-            tokio::spawn(async move { keys.evict(&hash).await });
-        }));
+        // Keys revoked on other instances leave this one's key cache at once.
+        keys.follow_revocations(&bus);
         tracker.spawn(keys.clone().usage_flush_loop(cfg.usage_flush_interval, background_stop.clone()));
         crate::jobs::publish_policy(&pool, &cfg).await.context("publishing the partition policy")?;
         tracker.spawn(crate::jobs::maintenance_loop(

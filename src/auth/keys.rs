@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::ratelimit::{Decision, Limiter};
+use crate::bus::{Bus, Event, Message};
 use crate::config::Config;
 
 /// Characters of the key kept in clear to tell keys apart ("ak_" + 9 hex).
@@ -251,6 +252,17 @@ impl KeyAuth {
     /// this process (other processes: the cache bus, or the cache TTL at worst).
     pub async fn evict(&self, hash: &[u8]) {
         self.known.invalidate(hash).await;
+    }
+
+    /// Evicts the keys other instances revoke, as their revocations arrive on `bus`.
+    pub fn follow_revocations(&self, bus: &Bus) {
+        let keys = self.clone();
+        bus.subscribe(Box::new(move |event| {
+            if let Event::Received(Message::KeyRevoked { hash }) = event {
+                let (keys, hash) = (keys.clone(), hash.clone());
+                tokio::spawn(async move { keys.evict(&hash).await });
+            }
+        }));
     }
 
     /// Drops every cached answer (used by revocation in this process).

@@ -13,7 +13,8 @@
 //!   and user whatever the generation: `{gen}\n{source}\n{data JSON}`, answered only while `{gen}`
 //!   is the app's generation, stored only if it still is, deleted by an erasure in the same script
 //!   that bumps the generation ([`L2::bump`]). The user id is in neither key nor value.
-//! - `{prefix}bus`: the pub/sub channel of invalidations ([`super::bus`]).
+//! - `{prefix}bus`: the pub/sub channel of invalidations ([`crate::bus`]), where [`L2::bump`]
+//!   publishes.
 //! - `{prefix}warm:apps` and `{prefix}warm:q:{app}`: what cache warming remembers (sorted sets of the
 //!   recently active apps by last request time, and of each app's queries by request count).
 //!
@@ -106,7 +107,6 @@ pub struct AppQueries {
 /// The Redis tier.
 #[derive(Clone)]
 pub struct L2 {
-    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -126,18 +126,8 @@ impl L2 {
             .set_response_timeout(Some(timeout.max(BACKGROUND_TIMEOUT)))
             .set_number_of_retries(CONNECT_RETRIES)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)?;
-        Ok(L2 { client, conn, prefix: prefix.to_owned(), timeout, gen_ttl })
-    }
-
-    /// The client, for the pub/sub connection.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
-    /// The invalidation channel.
-    pub fn channel(&self) -> String {
-        format!("{}bus", self.prefix)
+        let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
+        Ok(L2 { conn, prefix: prefix.to_owned(), timeout, gen_ttl })
     }
 
     fn gen_key(&self, app: Uuid) -> String {
@@ -208,21 +198,14 @@ impl L2 {
     }
 
     /// Bumps `app`'s generation, deletes the personal answers `purge` (keys of `app`) and publishes
-    /// `message` on the bus, in one script.
-    pub async fn bump(&self, app: Uuid, purge: &[QueryKey], message: &str) -> Result<(), L2Error> {
+    /// `message` on the bus's `channel`, in one script.
+    pub async fn bump(&self, app: Uuid, purge: &[QueryKey], channel: &str, message: &str) -> Result<(), L2Error> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(BUMP).arg(1 + purge.len()).arg(self.gen_key(app));
         for key in purge {
             cmd.arg(key.personal_l2_key(&self.prefix));
         }
-        cmd.arg(epoch()).arg(self.channel()).arg(message).arg(self.gen_ttl_secs());
-        self.run_within::<i64>(&cmd, BACKGROUND_TIMEOUT).await.map(|_| ())
-    }
-
-    /// Publishes `message` on the bus.
-    pub async fn publish(&self, message: &str) -> Result<(), L2Error> {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.channel()).arg(message);
+        cmd.arg(epoch()).arg(channel).arg(message).arg(self.gen_ttl_secs());
         self.run_within::<i64>(&cmd, BACKGROUND_TIMEOUT).await.map(|_| ())
     }
 
@@ -293,6 +276,17 @@ impl L2 {
 
     fn gen_ttl_secs(&self) -> u64 {
         self.gen_ttl.as_secs().max(1)
+    }
+
+    /// Warns once when Redis would not evict like a cache.
+    pub async fn warn_unless_lru(&self) {
+        match self.maxmemory_policy().await {
+            Ok(policy) if policy != "allkeys-lru" => {
+                tracing::warn!(%policy, "Redis maxmemory-policy is not allkeys-lru; cache entries may fill it up");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not read Redis maxmemory-policy"),
+        }
     }
 
     /// Redis's `maxmemory-policy`.

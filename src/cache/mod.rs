@@ -4,25 +4,26 @@
 //!   the freshness period F.
 //! - L2 ([`l2`]): Redis shared by all instances, TTL by class ([`keys::TtlClass`]). Optional: absent,
 //!   down or slow Redis is counted in `strata_redis_errors_total` and skipped.
-//! - Single flight across both tiers: identical concurrent L1 misses (same app generation and query)
-//!   share one L2 lookup and, when L2 misses, fails or times out, one computation; with L1 disabled
-//!   too. A lookup slower than `STRATA_REDIS_TIMEOUT` keeps running beside the computation (up to
-//!   1 s) and answers if it comes first. A cancelled leader hands over to one of the waiters; a failure is shared by the requests that
-//!   waited for it, never cached.
-//! - Answers are kept serialised ([`Cached::data`], the response's `data` as JSON bytes): a hit
-//!   copies bytes into the response envelope, it never parses or clones a JSON tree.
+//! - Single flight across both tiers ([`flight`]): identical concurrent L1 misses (same app
+//!   generation and query) share one L2 lookup and, when L2 misses, fails or times out, one
+//!   computation; with L1 disabled too. A lookup slower than `STRATA_REDIS_TIMEOUT` keeps running
+//!   beside the computation (up to 1 s) and answers if it comes first. A cancelled leader hands over
+//!   to one of the waiters; a failure is shared by the requests that waited for it, never cached.
+//! - Answers are kept serialised ([`entry`]: [`Cached::data`], the response's `data` as JSON
+//!   bytes, and `{source}\n{data}` in Redis): a hit copies bytes into the response envelope, it never
+//!   parses or clones a JSON tree.
 //! - Warming ([`warm`], `STRATA_CACHE_WARM`): the most requested queries of active apps are
 //!   precomputed after start and after each hour rollover.
 //!
 //! # Freshness contract
 //! An acknowledged event shows in every query whose range covers it within F (`STRATA_FRESHNESS`,
 //! default 5 s). After each commit the writer calls [`Cache::invalidate_apps`] once per app of the
-//! flush, before acknowledging: the app's local generation (part of every L1 key) is bumped at once;
-//! its Redis generation (part of every L2 key) is bumped and the bump published on the bus
-//! ([`bus`]), so other instances drop their L1 entries within a second. Late events invalidate the
-//! same way. If Redis loses a bump or the bus, L1 entries still expire within F, and a missing Redis
-//! generation (evicted by LRU) restarts at a random epoch, never at an old value. No key is ever
-//! scanned.
+//! flush, before acknowledging: the app's local generation ([`generations`], part of every L1 key)
+//! is bumped at once; its Redis generation (part of every L2 key) is bumped and the bump published
+//! on the bus ([`crate::bus`], [`Message::Generation`]), so other instances drop their L1 entries
+//! within a second. Late events invalidate the same way. If Redis loses a bump or the bus, L1
+//! entries still expire within F, and a missing Redis generation (evicted by LRU) restarts at a
+//! random epoch, never at an old value. No key is ever scanned.
 //!
 //! # Personal answers and erasure
 //! A user's activity ([`QueryKey::personal`]) is kept in one place an erasure reaches before it
@@ -35,59 +36,37 @@
 //! Authorisation runs in the handlers before any lookup; keys are built from validated, normalised
 //! queries ([`keys`]).
 
-pub mod bus;
-mod cached;
+pub mod entry;
+pub mod flight;
+pub mod generations;
 pub mod keys;
 pub mod l2;
 pub mod warm;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use metrics::{counter, gauge};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::bus::{Bus, Event, Message};
 use crate::config::Config;
 use crate::query::{QueryError, Source};
-pub use cached::Cached;
+pub use entry::{Cached, Tier};
+use flight::Flights;
+use generations::Generations;
 pub use keys::{QueryKey, TtlClass};
 use l2::L2;
 pub use warm::Recipe;
 
-/// Which tier answered, reported as `meta.cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tier {
-    /// The in-process cache.
-    L1,
-    /// Redis.
-    L2,
-    /// Neither: computed from the database.
-    #[default]
-    Miss,
-}
-
-impl Tier {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::L1 => "l1",
-            Tier::L2 => "l2",
-            Tier::Miss => "miss",
-        }
-    }
-}
-
-/// The outcome of one flight, shared by the requests that waited for it.
-type FlightResult = Result<Arc<Cached>, Arc<QueryError>>;
-/// One flight: the first request to get in fills it, later ones wait for it.
-type Flight = Arc<tokio::sync::OnceCell<FlightResult>>;
+/// The outcome of one flight (the answer and the tier that gave it to the request that flew),
+/// shared by the requests that waited for it.
+type FlightResult = Result<(Arc<Cached>, Tier), Arc<QueryError>>;
 
 /// An answer and the tier that gave it.
 #[derive(Debug, Clone)]
@@ -104,19 +83,18 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
-/// State shared by the facade, the writer hook and the bus listener.
+/// State shared by the facade, the writer hook and the bus subscription.
 pub struct Inner {
     l1: Option<moka::future::Cache<String, Arc<Cached>>>,
     l2: Option<L2>,
     /// Lookups in progress by L1 key (app, local generation, query): single flight over both tiers.
-    flights: Mutex<HashMap<String, Flight>>,
+    flights: Flights<FlightResult>,
     /// Warming state, when `STRATA_CACHE_WARM` is on.
     warm: Option<Arc<warm::Warm>>,
-    /// Per-app local generations: part of every L1 key, bumped by local commits and bus messages.
-    /// A plain mutex: held for a map lookup only, never across an await.
-    gens: Mutex<HashMap<Uuid, u64>>,
-    /// Identifies this process on the bus, so it ignores its own messages.
-    instance: Uuid,
+    /// The apps' generations, local (part of every L1 key) and shared (part of every L2 key).
+    gens: Arc<Generations>,
+    /// Where other instances' commits are heard and key revocations told.
+    bus: Bus,
     freshness: Duration,
     ttl_recent: Duration,
     ttl_closed: Duration,
@@ -126,25 +104,12 @@ pub struct Inner {
     l2_lookups: AtomicU64,
     /// Request counters, registered once (hits only add to an atomic).
     metrics: Counters,
-    /// True while the bus subscription is live.
-    bus_connected: AtomicBool,
-    /// Apps whose Redis generation bump failed, with the personal answers to delete with it:
-    /// retried by [`retry_bumps_loop`] until Redis takes them, so a lost bump cannot leave old L2
-    /// answers reachable for their whole TTL.
-    pending_bumps: Mutex<HashMap<Uuid, Vec<QueryKey>>>,
-    /// Called with the hash of each API key another instance revoked (set once at start-up).
-    key_revoked: std::sync::OnceLock<KeyRevokedHook>,
 }
 
-/// What an instance does when another one revokes a key: evict it from its key cache.
-pub type KeyRevokedHook = Box<dyn Fn(Vec<u8>) + Send + Sync>;
-
-/// Wait between retries of failed generation bumps.
-const BUMP_RETRY_DELAY: Duration = Duration::from_millis(250);
-
 impl Cache {
-    /// The cache of `cfg`; with Redis configured, spawns the bus listener and the policy check.
-    pub fn start(cfg: &Config, stop: CancellationToken, tracker: &TaskTracker) -> Cache {
+    /// The cache of `cfg`, subscribed to `bus`; with Redis configured, spawns the retries of failed
+    /// generation bumps and the eviction policy check.
+    pub fn start(cfg: &Config, bus: Bus, stop: CancellationToken, tracker: &TaskTracker) -> Cache {
         let l1 = cfg.cache_mode.l1().then(|| {
             moka::future::Cache::builder()
                 .max_capacity(cfg.l1_max_bytes)
@@ -158,7 +123,7 @@ impl Cache {
                 .build()
         });
         let l2 = match (&cfg.redis_url, cfg.cache_mode.l2()) {
-            (Some(url), true) => match L2::new(url, &cfg.redis_prefix, cfg.redis_timeout, gen_ttl(cfg)) {
+            (Some(url), true) => match L2::new(url, &cfg.redis_prefix, cfg.redis_timeout, generations::key_ttl(cfg)) {
                 Ok(l2) => Some(l2),
                 Err(e) => {
                     tracing::warn!(error = %e, "REDIS_URL is unusable; caching in process only");
@@ -167,29 +132,32 @@ impl Cache {
             },
             _ => None,
         };
+        let gens = Arc::new(Generations::new(l2.clone(), bus.clone()));
         let inner = Arc::new(Inner {
             l1,
             l2,
-            flights: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
             warm: cfg.cache_warm.map(|_| warm::Warm::new()),
-            gens: Mutex::new(HashMap::new()),
-            instance: Uuid::new_v4(),
+            gens,
+            bus,
             freshness: cfg.freshness,
             ttl_recent: cfg.cache_ttl_recent,
             ttl_closed: cfg.cache_ttl_closed,
             computations: AtomicU64::new(0),
             l2_lookups: AtomicU64::new(0),
             metrics: Counters::register(),
-            bus_connected: AtomicBool::new(false),
-            pending_bumps: Mutex::new(HashMap::new()),
-            key_revoked: std::sync::OnceLock::new(),
         });
+        let cache = Arc::downgrade(&inner);
+        inner.bus.subscribe(Box::new(move |event| {
+            if let Some(inner) = cache.upgrade() {
+                inner.on_bus(event);
+            }
+        }));
         gauge!("strata_cache_l1_weighted_bytes").set(0.0);
         counter!("strata_cache_evictions_total", "tier" => "l1").absolute(0);
         if let Some(l2) = inner.l2.clone() {
-            tracker.spawn(bus::listen_loop(l2.client().clone(), l2.channel(), Arc::downgrade(&inner), stop.clone()));
-            tracker.spawn(retry_bumps_loop(Arc::downgrade(&inner), stop));
-            tracker.spawn(warn_unless_lru(l2));
+            tracker.spawn(generations::retry_bumps_loop(Arc::downgrade(&inner.gens), stop));
+            tracker.spawn(async move { l2.warn_unless_lru().await });
         }
         Cache { inner }
     }
@@ -211,13 +179,12 @@ impl Cache {
 
     /// Requests currently boarded on a flight (waiting for an L2 lookup or a computation; for tests).
     pub fn passengers(&self) -> usize {
-        let flights = self.inner.flights.lock().expect("flights lock");
-        flights.values().map(|f| Arc::strong_count(f).saturating_sub(1)).sum()
+        self.inner.flights.passengers()
     }
 
     /// True while this instance is subscribed to the invalidation bus.
     pub fn bus_connected(&self) -> bool {
-        self.inner.bus_connected.load(Ordering::Acquire)
+        self.inner.bus.connected()
     }
 
     /// The answer for `key`: from L1, else L2 (filling L1), else `compute` (filling both). Identical
@@ -271,24 +238,12 @@ impl Cache {
         self.inner.warm.as_ref().map_or(0, |w| w.passes())
     }
 
-    /// Sets what this instance does when another one revokes a key (once, at start-up).
-    pub fn on_key_revoked(&self, hook: KeyRevokedHook) {
-        let _ = self.inner.key_revoked.set(hook);
-    }
-
-    /// Tells every other instance to evict these revoked keys from their key caches. Fire and
-    /// forget: without Redis, other instances notice within their key cache TTL (at most 30 s).
+    /// Tells every other instance to evict these revoked keys from their key caches (a
+    /// [`Message::KeyRevoked`] each on the bus, which the accounts handlers reach through the cache).
+    /// Fire and forget: without the bus, other instances notice within their key cache TTL (at most
+    /// 30 s).
     pub fn publish_key_revocations(&self, hashes: &[Vec<u8>]) {
-        let Some(l2) = self.inner.l2.clone() else { return };
-        let messages: Vec<String> = hashes.iter().map(|h| bus::key_message(h, self.inner.instance)).collect();
-        tokio::spawn(async move {
-            for m in messages {
-                if let Err(e) = l2.publish(&m).await {
-                    counter!("strata_redis_errors_total").increment(1);
-                    tracing::warn!(error = %e, "could not publish a key revocation");
-                }
-            }
-        });
+        self.inner.bus.publish(hashes.iter().map(|hash| Message::KeyRevoked { hash: hash.clone() }).collect());
     }
 
     /// Marks the data of `apps` changed (call after a commit, once per app): local L1 entries become
@@ -298,13 +253,13 @@ impl Cache {
         changed.sort_unstable();
         changed.dedup();
         for &app in &changed {
-            self.inner.bump_local(app);
+            self.inner.gens.bump_local(app);
         }
         if self.inner.l2.is_none() {
             return;
         }
         // In the background: the writer never waits for Redis.
-        tokio::spawn(self.inner.clone().bump_remote(changed.into_iter().map(|app| (app, Vec::new())).collect()));
+        tokio::spawn(self.inner.gens.clone().bump_remote(changed.into_iter().map(|app| (app, Vec::new())).collect()));
     }
 
     /// After an erasure: invalidates the app of `personal` like a commit and deletes that user's
@@ -312,35 +267,14 @@ impl Cache {
     /// background). When it returns, no tier of any instance sharing the Redis answers the old
     /// activity; without Redis, other instances' L1 copies live at most F.
     pub async fn forget(&self, personal: &QueryKey) {
-        self.inner.bump_local(personal.app);
+        self.inner.gens.bump_local(personal.app);
         if self.inner.l2.is_some() {
-            self.inner.clone().bump_remote(vec![(personal.app, vec![personal.clone()])]).await;
+            self.inner.gens.clone().bump_remote(vec![(personal.app, vec![personal.clone()])]).await;
         }
     }
 }
 
 impl Inner {
-    fn local_gen(&self, app: Uuid) -> u64 {
-        *self.gens.lock().expect("gens lock").get(&app).unwrap_or(&0)
-    }
-
-    fn bump_local(&self, app: Uuid) {
-        *self.gens.lock().expect("gens lock").entry(app).or_insert(0) += 1;
-    }
-
-    /// Bumps the Redis generations of `apps` (deleting the personal answers listed with each) and
-    /// tells the other instances; failures are retried.
-    async fn bump_remote(self: Arc<Self>, apps: Vec<(Uuid, Vec<QueryKey>)>) {
-        let Some(l2) = &self.l2 else { return };
-        for (app, purge) in apps {
-            if let Err(e) = l2.bump(app, &purge, &bus::generation_message(app, self.instance)).await {
-                counter!("strata_redis_errors_total").increment(1);
-                tracing::debug!(error = %e, %app, "could not bump the app's cache generation; will retry");
-                self.pending_bumps.lock().expect("pending lock").entry(app).or_default().extend(purge);
-            }
-        }
-    }
-
     /// L1 for `key`: none for personal answers when Redis is the place that holds them.
     fn l1_for(&self, key: &QueryKey) -> Option<&moka::future::Cache<String, Arc<Cached>>> {
         self.l1.as_ref().filter(|_| !(key.personal && self.l2.is_some()))
@@ -352,18 +286,13 @@ impl Inner {
         }
     }
 
-    /// A bus message from another instance.
-    fn apply_message(&self, text: &str) {
-        if let Some((hash, instance)) = bus::parse_key(text) {
-            if let Some(hook) = self.key_revoked.get().filter(|_| instance != self.instance) {
-                hook(hash);
-            }
-            return;
-        }
-        if let Some((app, instance)) = bus::parse_generation(text) {
-            if instance != self.instance {
-                self.bump_local(app);
-            }
+    /// What the bus tells: after a (re)subscription messages may have been missed, so all of L1
+    /// goes; another instance's commit makes the app's L1 entries unreachable.
+    fn on_bus(&self, event: &Event<'_>) {
+        match event {
+            Event::Subscribed => self.l1_clear(),
+            Event::Received(Message::Generation { app }) => self.gens.bump_local(*app),
+            Event::Received(Message::KeyRevoked { .. }) => {}
         }
     }
 
@@ -373,41 +302,26 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Value, Source), QueryError>>,
     {
-        let l1_key = key.l1_key(self.local_gen(key.app));
+        let l1_key = key.l1_key(self.gens.local(key.app));
         if let Some(l1) = self.l1_for(key) {
             if let Some(value) = l1.get(&l1_key).await {
                 return Ok(Hit { value, tier: Tier::L1 });
             }
         }
-        let flight = self.flights.lock().expect("flights lock").entry(l1_key.clone()).or_default().clone();
-        let boarding = Boarding { flights: &self.flights, key: &l1_key, flight: &flight };
-        // Set by whoever runs the flight (the other requests only wait for it).
-        let mut led: Option<Tier> = None;
-        let led_ref = &mut led;
-        let l1_key_ref = &l1_key;
-        let result = flight
-            .get_or_init(move || async move {
-                let (value, tier) = self.fly(l1_key_ref, key, compute).await?;
-                *led_ref = Some(tier);
-                Ok(value)
-            })
-            .await
-            .clone();
-        drop(boarding);
-        let value = result?;
+        let (outcome, led) = self.flights.run(&l1_key, || self.fly(&l1_key, key, compute)).await;
+        let (value, leader_tier) = outcome?;
         // A waiter was answered in process (as if from L1) when there is an L1, else by the leader's tier.
-        let tier = led.unwrap_or(if self.l1_for(key).is_some() { Tier::L1 } else { value.origin });
+        let tier = match led {
+            true => leader_tier,
+            false if self.l1_for(key).is_some() => Tier::L1,
+            false => value.origin,
+        };
         Ok(Hit { value, tier })
     }
 
     /// The flight itself: L1 once more (the previous flight may just have filled it), L2, else
     /// `compute`; fills L1. Returns the answer and the tier that gave it.
-    async fn fly<F, Fut>(
-        &self,
-        l1_key: &str,
-        key: &QueryKey,
-        compute: F,
-    ) -> Result<(Arc<Cached>, Tier), Arc<QueryError>>
+    async fn fly<F, Fut>(&self, l1_key: &str, key: &QueryKey, compute: F) -> FlightResult
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Value, Source), QueryError>>,
@@ -478,9 +392,7 @@ impl Inner {
                 }
             }
         };
-        // Serialising a `Value` cannot fail (its keys are strings).
-        let data = Bytes::from(serde_json::to_vec(&data).unwrap_or_else(|_| b"null".to_vec()));
-        let cached = Cached { data, source, origin: Tier::Miss };
+        let cached = Cached::computed(&data, source);
         if let (Some(l2), Some(gen)) = (self.l2.clone(), gen) {
             let bytes = cached.encode();
             let (key, ttl) = (key.clone(), self.ttl(key.class));
@@ -523,54 +435,5 @@ impl Counters {
     }
 }
 
-/// A request's place on a flight: when it leaves (done, or cancelled), the flight leaves the map once
-/// it finished or nobody else waits for it, so later requests read L1 or start a new flight and no
-/// abandoned flight stays behind.
-struct Boarding<'a> {
-    flights: &'a Mutex<HashMap<String, Flight>>,
-    key: &'a str,
-    flight: &'a Flight,
-}
-
-impl Drop for Boarding<'_> {
-    fn drop(&mut self) {
-        let Ok(mut flights) = self.flights.lock() else { return };
-        let Some(current) = flights.get(self.key) else { return };
-        // The map's reference and ours: nobody else will fly it. (Joining happens under this lock.)
-        let alone = Arc::strong_count(self.flight) <= 2;
-        if Arc::ptr_eq(current, self.flight) && (self.flight.initialized() || alone) {
-            flights.remove(self.key);
-        }
-    }
-}
-
-/// Generation keys outlive every answer stored under them.
-fn gen_ttl(cfg: &Config) -> Duration {
-    cfg.cache_ttl_recent.max(cfg.cache_ttl_closed).saturating_mul(2)
-}
-
-/// Retries failed generation bumps until they succeed, `stop` is cancelled or the cache is gone.
-async fn retry_bumps_loop(cache: Weak<Inner>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(BUMP_RETRY_DELAY) => {}
-        }
-        let Some(inner) = cache.upgrade() else { return };
-        let apps: Vec<(Uuid, Vec<QueryKey>)> = inner.pending_bumps.lock().expect("pending lock").drain().collect();
-        if !apps.is_empty() {
-            inner.bump_remote(apps).await;
-        }
-    }
-}
-
-/// Warns once at start when Redis would not evict like a cache.
-async fn warn_unless_lru(l2: L2) {
-    match l2.maxmemory_policy().await {
-        Ok(policy) if policy != "allkeys-lru" => {
-            tracing::warn!(%policy, "Redis maxmemory-policy is not allkeys-lru; cache entries may fill it up");
-        }
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "could not read Redis maxmemory-policy"),
-    }
-}
+#[cfg(test)]
+mod tests;

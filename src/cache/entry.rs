@@ -1,9 +1,33 @@
-//! A cached answer and its Redis form.
+//! Entry encoding: a cached answer ([`Cached`]) as L1 holds it and as Redis stores it, and the
+//! tier ([`Tier`]) a copy came from.
 
 use bytes::Bytes;
+use serde_json::Value;
 
-use super::Tier;
 use crate::query::Source;
+
+/// Which tier answered, reported as `meta.cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tier {
+    /// The in-process cache.
+    L1,
+    /// Redis.
+    L2,
+    /// Neither: computed from the database.
+    #[default]
+    Miss,
+}
+
+impl Tier {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+            Tier::Miss => "miss",
+        }
+    }
+}
 
 /// A cached answer: the response's `data`, serialised, and `meta.source`. In Redis it is stored as
 /// `{source}\n{data}`.
@@ -18,6 +42,13 @@ pub struct Cached {
 }
 
 impl Cached {
+    /// A freshly computed answer: `data` serialised once, here, so hits only copy bytes.
+    pub(super) fn computed(data: &Value, source: Source) -> Cached {
+        // Serialising a `Value` cannot fail (its keys are strings).
+        let data = Bytes::from(serde_json::to_vec(data).unwrap_or_else(|_| b"null".to_vec()));
+        Cached { data, source, origin: Tier::Miss }
+    }
+
     /// The Redis form.
     pub(super) fn encode(&self) -> Vec<u8> {
         let source = self.source.as_str().as_bytes();
@@ -52,7 +83,18 @@ impl Cached {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn a_computed_answer_holds_its_data_serialised_once() {
+        let c = Cached::computed(&json!([{"bucket": "2026-01-01", "count": 2}]), Source::Rollup);
+
+        assert_eq!(&c.data[..], br#"[{"bucket":"2026-01-01","count":2}]"#);
+        assert_eq!((c.source, c.origin), (Source::Rollup, Tier::Miss));
+        assert_eq!(c.weight(), 64 + 35);
+    }
 
     #[test]
     fn the_redis_form_round_trips_and_malformed_values_are_misses() {
