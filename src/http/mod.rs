@@ -23,7 +23,7 @@ pub mod body;
 pub mod budget;
 pub mod client;
 pub mod error;
-pub mod guard;
+pub mod nul;
 pub mod health;
 pub mod ingest;
 pub mod limits;
@@ -157,8 +157,8 @@ async fn edge(
     let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let method = req.method().clone();
     let request = crate::metrics::RequestTimer::start();
-    let response = match guard::nul_parameter(&req) {
-        Some(parameter) => guard::refusal(parameter),
+    let response = match nul::nul_parameter(&req) {
+        Some(parameter) => nul::refusal(parameter),
         None => match tokio::time::timeout(deadline, next.run(req)).await {
             Ok(response) => response,
             Err(_) => {
