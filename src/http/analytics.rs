@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -20,13 +20,13 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::auth::{Caller, ReadableApp};
 use super::body::Chunks;
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::bearer::{bearer_token, token_matches};
 use crate::cache::keys::UserKeySecret;
 use crate::cache::{Hit, QueryKey, Recipe, Tier};
-use crate::query::apps::{find_app, live_app_ids, AppInfo};
+use crate::query::apps::{find_app, AppInfo};
 use crate::query::buckets::label;
 use crate::query::params::{
     parse_date, parse_tz, parse_user_id, Filter, ParamError, Params, RangeDefault, TimelineRequest,
@@ -41,7 +41,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/analytics/events/timeline", get(timeline))
         .route("/api/analytics/events/summary", get(summary))
-        .route("/api/analytics/users/{userId}", get(user).delete(super::privacy::erase_user))
+        .route("/api/analytics/users/{userId}", get(user))
         .route("/api/analytics/apps/{appId}/overview", get(overview))
 }
 
@@ -62,12 +62,11 @@ const FILTER_PARAMS: &[(&str, &str)] =
     &[("tz", "timezone"), ("eventType", "event_type"), ("startDate", "start_date"), ("endDate", "end_date")];
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn timeline(State(s): State<AppState>, headers: HeaderMap, query: QueryPairs) -> Answer {
-    let caller = authenticate(&s, &headers)?;
+async fn timeline(State(s): State<AppState>, caller: Caller, query: QueryPairs) -> Answer {
     let p = params(query)?;
     let app_id = p.required("appId", "app_id")?;
     let req = TimelineRequest::parse(&p, Utc::now(), s.cfg.max_buckets)?;
-    let app = authorize_app(&s, &caller, app_id).await?;
+    let ReadableApp(app) = ReadableApp::authorize(&s, &caller, app_id).await?;
     let tz = req.filter.tz;
     s.cache.record(app.id, || recipe("timeline", None, &p, TIMELINE_PARAMS, tz));
     let hit = timeline_hit(&s, app.id, &req, false).await?;
@@ -95,12 +94,11 @@ async fn timeline_hit(s: &AppState, app: Uuid, req: &TimelineRequest, prefetch: 
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn summary(State(s): State<AppState>, headers: HeaderMap, query: QueryPairs) -> Answer {
-    let caller = authenticate(&s, &headers)?;
+async fn summary(State(s): State<AppState>, caller: Caller, query: QueryPairs) -> Answer {
     let p = params(query)?;
     let app_id = p.required("appId", "app_id")?;
     let filter = Filter::parse(&p, Utc::now(), RangeDefault::LastDays)?;
-    let app = authorize_app(&s, &caller, app_id).await?;
+    let ReadableApp(app) = ReadableApp::authorize(&s, &caller, app_id).await?;
     s.cache.record(app.id, || recipe("summary", None, &p, FILTER_PARAMS, filter.tz));
     let hit = summary_hit(&s, app.id, &filter, false).await?;
     let meta = Meta { range: Some(range_json(filter.range, filter.tz)), tz: Some(filter.tz.name()), ..Meta::default() };
@@ -123,23 +121,22 @@ async fn summary_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -
 #[tracing::instrument(level = "debug", skip_all)]
 async fn user(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
 ) -> Answer {
-    let caller = authenticate(&s, &headers)?;
     let Path(user_id) = path.map_err(|e| invalid(ParamError { parameter: "userId", message: e.body_text() }))?;
     let user_id = parse_user_id(&user_id)?;
     let p = params(query)?;
     // One app's answer is guarded by its generation; answers over every readable app are not cached.
     if let Some(app_id) = p.get("appId", "app_id")? {
         // Not remembered for warming: the records (kept in Redis) would hold user ids.
-        let app = authorize_app(&s, &caller, app_id).await?.id;
+        let app = ReadableApp::authorize(&s, &caller, app_id).await?.0.id;
         let hit = user_hit(&s, app, user_id).await?;
         let data = with_user(&hit.value.data, user_id)?;
         return answer(data, hit.value.source, hit.tier, Meta::default(), false);
     }
-    let apps = readable_apps(&s, &caller).await?;
+    let apps = caller.readable_apps(&s).await?;
     let u = users::user_activity(&reader(&s), &apps, user_id).await?;
     answer(with_user(&to_bytes(&user_data(&u)), user_id)?, u.source, Tier::Miss, Meta::default(), false)
 }
@@ -189,15 +186,14 @@ fn user_data(u: &users::UserActivity) -> Value {
 #[tracing::instrument(level = "debug", skip_all)]
 async fn overview(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
 ) -> Answer {
-    let caller = authenticate(&s, &headers)?;
     let p = params(query)?;
     let filter = Filter::parse(&p, Utc::now(), RangeDefault::AllTime)?;
     let app_id = path.map(|Path(id)| id).unwrap_or_default();
-    let app = authorize_app(&s, &caller, &app_id).await?;
+    let ReadableApp(app) = ReadableApp::authorize(&s, &caller, &app_id).await?;
     s.cache.record(app.id, || recipe("overview", None, &p, FILTER_PARAMS, filter.tz));
     let hit = overview_hit(&s, app.id, &filter, false).await?;
     // The app itself is not cached: it comes from the authorisation lookup.
@@ -320,70 +316,6 @@ async fn warm_recipe(s: &AppState, app: Uuid, r: &Recipe) -> Result<(), ApiError
     Ok(())
 }
 
-/// Who is asking. [`authorize_app`] and [`readable_apps`] are the only places that decide what it
-/// may read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    /// The admin token: every app.
-    Admin,
-    /// An owner's token (signature and expiry checked): only that owner's live apps. Whether the token
-    /// was logged out is checked by [`authorize_app`] / [`readable_apps`], which query anyway.
-    Owner {
-        /// The owner's id.
-        id: Uuid,
-        /// The token's id, checked against logouts.
-        jti: Uuid,
-    },
-}
-
-/// The caller named by `Authorization: Bearer <token>`, or 401.
-pub fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match bearer_token(header) {
-        None => Err(ApiError::unauthorized("unauthorized", "an Authorization: Bearer token is required")),
-        Some(t) if token_matches(t, &s.secrets.admin_token) => Ok(Caller::Admin),
-        Some(t) => {
-            let claims = super::accounts::verify_token(s, t)?;
-            Ok(Caller::Owner { id: claims.sub, jti: claims.jti })
-        }
-    }
-}
-
-/// The live app `app_id` if `caller` may read it; 404 `app_not_found` otherwise (also for ids that are
-/// not UUIDs), so callers cannot tell others' apps from missing ones.
-pub async fn authorize_app(s: &AppState, caller: &Caller, app_id: &str) -> Result<AppInfo, ApiError> {
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "app_not_found", "no such app");
-    let id = Uuid::parse_str(app_id).map_err(|_| not_found())?;
-    let key = match *caller {
-        Caller::Owner { id: owner, jti } => (Some((owner, jti)), id),
-        Caller::Admin => (None, id),
-    };
-    if let Some(hit) = s.authz.get(&key).await {
-        return Ok(hit);
-    }
-    if let Caller::Owner { id: owner, jti } = *caller {
-        super::accounts::owner_session(s, owner, jti).await?;
-        let client = super::accounts::db(s).await?;
-        // Another owner's app is "not found", like a missing one.
-        crate::accounts::owned_app(&client, owner, id).await.map_err(super::accounts::account_error)?;
-    }
-    let app = find_app(&s.pool, id).await?.ok_or_else(not_found)?;
-    s.authz.insert(key, app.clone()).await;
-    Ok(app)
-}
-
-/// Every app `caller` may read.
-pub async fn readable_apps(s: &AppState, caller: &Caller) -> Result<Vec<Uuid>, ApiError> {
-    match *caller {
-        Caller::Admin => Ok(live_app_ids(&s.pool).await?),
-        Caller::Owner { id, jti } => {
-            super::accounts::owner_session(s, id, jti).await?;
-            let client = super::accounts::db(s).await?;
-            crate::accounts::owned_app_ids(&client, id).await.map_err(super::accounts::account_error)
-        }
-    }
-}
-
 fn reader(s: &AppState) -> Reader {
     Reader::new(s.pool.clone(), s.cfg.request_timeout)
 }
@@ -394,34 +326,7 @@ fn params(query: QueryPairs) -> Result<Params, ApiError> {
 }
 
 fn invalid(e: ParamError) -> ApiError {
-    ApiError::bad_request("invalid_parameter", e.message).with_details(json!({"parameter": e.parameter}))
-}
-
-impl From<ParamError> for ApiError {
-    fn from(e: ParamError) -> ApiError {
-        invalid(e)
-    }
-}
-
-impl From<QueryError> for ApiError {
-    fn from(e: QueryError) -> ApiError {
-        ApiError::from(Arc::new(e))
-    }
-}
-
-/// A failed computation behind the cache (shared by the requests that waited for it).
-impl From<Arc<QueryError>> for ApiError {
-    fn from(e: Arc<QueryError>) -> ApiError {
-        if let QueryError::Param(p) = &*e {
-            return invalid(p.clone());
-        }
-        if e.is_unavailable() {
-            tracing::warn!(error = %e, "analytics query failed");
-            ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
-        } else {
-            ApiError::internal(e)
-        }
-    }
+    ApiError::from(e)
 }
 
 /// `meta`: the request's own fields (range, zone, interval) and the answer's provenance.

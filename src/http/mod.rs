@@ -19,15 +19,16 @@ use crate::ingest::writer::IngestQueue;
 pub mod accounts;
 pub mod admin;
 pub mod analytics;
+pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod client;
 pub mod error;
-pub mod nul;
 pub mod health;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod nul;
 pub mod openapi;
 pub mod privacy;
 pub mod serve;
@@ -98,7 +99,11 @@ pub fn router(state: AppState) -> Router {
         .merge(ingest::router())
         .merge(health::router())
         .merge(admin::router())
-        .merge(analytics::router().route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::analytics)))
+        .merge(
+            analytics::router()
+                .merge(privacy::router())
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::analytics)),
+        )
         .merge(accounts::router())
         .merge(metrics::router())
         .merge(openapi::router())
