@@ -139,11 +139,6 @@ impl FromRequestParts<AppState> for AdminCaller {
 #[derive(Debug, Clone)]
 pub struct ReadableApp(pub AppInfo);
 
-/// The app id a request names, for [`ReadableApp`], when an earlier extractor has already read it
-/// from the request by that route's own rules (the erasure's `appId`).
-#[derive(Debug, Clone)]
-pub struct RequestedApp(pub String);
-
 impl ReadableApp {
     /// The live app `app_id` if `caller` may read it; 404 `app_not_found` otherwise (also for ids that
     /// are not UUIDs), so callers cannot tell others' apps from missing ones.
@@ -166,13 +161,9 @@ impl ReadableApp {
         Ok(ReadableApp(app))
     }
 
-    /// The app id the request names: an earlier extractor's [`RequestedApp`], else `{appId}` of the
-    /// route (one that is not UTF-8 once decoded names no app: empty, hence 404), else the query's
-    /// `appId` / `app_id`.
+    /// The app id the request names: `{appId}` of the route (one that is not UTF-8 once decoded names
+    /// no app: empty, hence 404), else the query's `appId` / `app_id`.
     async fn requested(parts: &mut Parts) -> Result<Option<String>, ApiError> {
-        if let Some(RequestedApp(id)) = parts.extensions.get::<RequestedApp>() {
-            return Ok(Some(id.clone()));
-        }
         if parts.extensions.get::<MatchedPath>().is_some_and(|p| p.as_str().contains("{appId}")) {
             let path = <Path<HashMap<String, String>> as FromRequestParts<()>>::from_request_parts(parts, &()).await;
             return Ok(Some(path.ok().and_then(|Path(mut p)| p.remove("appId")).unwrap_or_default()));

@@ -15,7 +15,8 @@ pub use warm::warm_one;
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -118,26 +119,33 @@ async fn summary_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn user(
-    State(s): State<AppState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    query: QueryPairs,
-) -> Answer {
-    let Path(user_id) = path.map_err(|e| invalid(ParamError { parameter: "userId", message: e.body_text() }))?;
-    let user_id = parse_user_id(&user_id)?;
-    let p = params(query)?;
+async fn user(State(s): State<AppState>, caller: Caller, UserId(user_id): UserId, app: Option<ReadableApp>) -> Answer {
+    let user_id = user_id.as_str();
     // One app's answer is guarded by its generation; answers over every readable app are not cached.
-    if let Some(app_id) = p.get("appId", "app_id")? {
+    if let Some(ReadableApp(app)) = app {
         // Not remembered for warming: the records (kept in Redis) would hold user ids.
-        let app = ReadableApp::authorize(&s, &caller, app_id).await?.0.id;
-        let hit = user_hit(&s, app, user_id).await?;
+        let hit = user_hit(&s, app.id, user_id).await?;
         let data = with_user(&hit.value.data, user_id)?;
         return answer(data, hit.value.source, hit.tier, Meta::default(), false);
     }
     let apps = caller.readable_apps(&s).await?;
     let u = users::user_activity(&reader(&s), &apps, user_id).await?;
     answer(with_user(&to_bytes(&user_data(&u)), user_id)?, u.source, Tier::Miss, Meta::default(), false)
+}
+
+/// The `{userId}` of the path, validated before the app is looked at: 400 `invalid_parameter`.
+struct UserId(String);
+
+impl FromRequestParts<AppState> for UserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<UserId, ApiError> {
+        let Path(user_id) = <Path<String> as FromRequestParts<AppState>>::from_request_parts(parts, s)
+            .await
+            .map_err(|e| invalid(ParamError { parameter: "userId", message: e.body_text() }))?;
+        parse_user_id(&user_id)?;
+        Ok(UserId(user_id))
+    }
 }
 
 /// The cache key of `user_id`'s activity in `app`: a keyed hash of the id, never the id.
