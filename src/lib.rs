@@ -26,7 +26,8 @@
 //!   transaction.
 //! - [`jobs`]: the maintenance scheduler (partition-jobs under the runner lock, then rebuilding the
 //!   rollups of the rows it moved).
-//! - [`http`]: axum routers per area, the shared state and the JSON error type.
+//! - [`http`]: axum routers per area, the shared state, who is calling (`http::auth` extractors) and
+//!   the one mapping from failures to JSON errors (`http::error`).
 //! - [`app`]: building, running and draining the server.
 
 pub mod accounts;

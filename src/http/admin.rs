@@ -1,20 +1,19 @@
-//! DBA endpoints under `/api/admin/` (bearer admin token, or an admin owner's token): partitions with bounds, sizes and
-//! statistics; a health verdict with reasons; maintenance history and run-now; index usage; slow
+//! DBA endpoints under `/api/admin/` (an [`AdminCaller`]: the admin token, or an admin owner's
+//! token): partitions with bounds, sizes and statistics; a health verdict with reasons; maintenance history and run-now; index usage; slow
 //! queries from pg_stat_statements when the extension is installed.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use deadpool_postgres::Object;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::auth::AdminCaller;
+use super::error::{is_database_unavailable, ApiError};
 use super::AppState;
-use crate::auth::bearer::{bearer_token, token_matches};
 
 /// The admin routes.
 pub fn router() -> Router<AppState> {
@@ -27,54 +26,24 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/slow-queries", get(slow_queries))
 }
 
-/// Passes the admin token, or the token of an owner with the admin role; 401 for anything else but a
-/// valid token of a plain owner, which gets 403.
-pub async fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match bearer_token(header) {
-        None => Err(ApiError::unauthorized("unauthorized", "an admin bearer token is required")),
-        Some(t) if token_matches(t, &s.secrets.admin_token) => Ok(()),
-        Some(t) => {
-            let claims = super::accounts::verify_token(s, t)?;
-            let owner = super::accounts::owner_session(s, claims.sub, claims.jti).await?;
-            match owner.role.as_str() {
-                "admin" => Ok(()),
-                _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin role is required")),
-            }
-        }
-    }
-}
-
-async fn admin_client(s: &AppState, headers: &HeaderMap) -> Result<Object, ApiError> {
-    require_admin(s, headers).await?;
-    s.pool.get().await.map_err(|e| {
-        tracing::warn!(error = %e, "no database connection");
-        ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
-    })
-}
-
 fn ok(data: impl serde::Serialize) -> Json<Value> {
     Json(json!({"success": true, "data": data}))
 }
 
-fn job_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e)
-}
-
 #[tracing::instrument(level = "debug", skip_all)]
-async fn partitions(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let client = admin_client(&s, &headers).await?;
-    let catalog = partition_jobs::read_catalog(&client).await.map_err(job_error)?;
+async fn partitions(State(s): State<AppState>, _: AdminCaller) -> Result<Json<Value>, ApiError> {
+    let client = s.pool.get().await?;
+    let catalog = partition_jobs::read_catalog(&client).await?;
     Ok(ok(catalog))
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn partition_health(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let client = admin_client(&s, &headers).await?;
-    let policy = partition_jobs::load_policy(&client).await.map_err(job_error)?;
-    let mut health = partition_jobs::health(&client, Utc::now(), &policy).await.map_err(job_error)?;
-    let catalog = partition_jobs::read_catalog(&client).await.map_err(job_error)?;
-    let check = crate::rollup::months::health_check(&client, &catalog).await.map_err(job_error)?;
+async fn partition_health(State(s): State<AppState>, _: AdminCaller) -> Result<Json<Value>, ApiError> {
+    let client = s.pool.get().await?;
+    let policy = partition_jobs::load_policy(&client).await?;
+    let mut health = partition_jobs::health(&client, Utc::now(), &policy).await?;
+    let catalog = partition_jobs::read_catalog(&client).await?;
+    let check = crate::rollup::months::health_check(&client, &catalog).await?;
     health.status = health.status.max(check.status);
     health.checks.push(check);
     Ok(Json(json!({"success": true, "data": health})))
@@ -85,31 +54,45 @@ struct RunsQuery {
     limit: Option<i64>,
 }
 
-/// A query string that does not deserialise (its one parameter, `limit`, is not an integer in range),
-/// as JSON like every other error.
-fn bad_limit(e: QueryRejection) -> ApiError {
-    ApiError::bad_request("invalid_parameter", e.body_text()).with_details(json!({"parameter": "limit"}))
-}
+/// The `limit` of a history or slow-query listing. Read before the caller is checked (as it always
+/// was): a query string that does not deserialise (its one parameter, `limit`, is not an integer in
+/// range) is a 400 like every other error.
+struct Limit(Option<i64>);
 
-#[tracing::instrument(level = "debug", skip_all)]
-async fn runs(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    query: Result<Query<RunsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(bad_limit)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_parameter", "limit must be between 1 and 1000")
-            .with_details(json!({"parameter": "limit"})));
+impl FromRequestParts<AppState> for Limit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Limit, ApiError> {
+        let Query(q) = Query::<RunsQuery>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::invalid_parameter("limit", e.body_text()))?;
+        Ok(Limit(q.limit))
     }
-    let client = admin_client(&s, &headers).await?;
-    Ok(ok(partition_jobs::list_runs(&client, limit).await.map_err(job_error)?))
+}
+
+/// The history's `limit`: 1 to 1000, 50 when not given.
+struct RunsLimit(i64);
+
+impl FromRequestParts<AppState> for RunsLimit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<RunsLimit, ApiError> {
+        let Limit(limit) = Limit::from_request_parts(parts, s).await?;
+        let limit = limit.unwrap_or(50);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::invalid_parameter("limit", "limit must be between 1 and 1000"));
+        }
+        Ok(RunsLimit(limit))
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers).await?;
+async fn runs(State(s): State<AppState>, RunsLimit(limit): RunsLimit, _: AdminCaller) -> Result<Json<Value>, ApiError> {
+    let client = s.pool.get().await?;
+    Ok(ok(partition_jobs::list_runs(&client, limit).await?))
+}
+
+#[tracing::instrument(level = "debug", skip_all)]
+async fn run_now(State(s): State<AppState>, _: AdminCaller) -> Result<Json<Value>, ApiError> {
     // Spawned, not awaited in place: a client hanging up must not cancel a run half-way on a pooled
     // connection (it would keep the runner's session lock).
     let (pool, cache, timeout) = (s.pool.clone(), s.cache.clone(), s.cfg.partition_lock_timeout);
@@ -117,7 +100,7 @@ async fn run_now(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<V
         tokio::spawn(
             async move { crate::jobs::run_maintenance_waiting(&pool, Some(&cache), timeout, RUN_NOW_WAIT).await },
         );
-    let report = run.await.map_err(job_error)?.map_err(job_error)?;
+    let report = run.await??;
     Ok(ok(report))
 }
 
@@ -129,9 +112,9 @@ const INDEXES: &str = "SELECT s.relname::text, s.indexrelname::text, s.idx_scan,
      FROM pg_stat_user_indexes s ORDER BY s.relname, s.indexrelname";
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn indexes(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let client = admin_client(&s, &headers).await?;
-    let rows = client.query(INDEXES, &[]).await.map_err(job_error)?;
+async fn indexes(State(s): State<AppState>, _: AdminCaller) -> Result<Json<Value>, ApiError> {
+    let client = s.pool.get().await?;
+    let rows = client.query(INDEXES, &[]).await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -148,14 +131,9 @@ const SLOW: &str = "SELECT query, calls, total_exec_time, mean_exec_time, rows F
      ORDER BY mean_exec_time DESC LIMIT $1";
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn slow_queries(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    query: Result<Query<RunsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(bad_limit)?;
-    let client = admin_client(&s, &headers).await?;
-    let installed: i64 = client.query_one(HAS_STATEMENTS, &[]).await.map_err(job_error)?.get(0);
+async fn slow_queries(State(s): State<AppState>, Limit(limit): Limit, _: AdminCaller) -> Result<Json<Value>, ApiError> {
+    let client = s.pool.get().await?;
+    let installed: i64 = client.query_one(HAS_STATEMENTS, &[]).await?.get(0);
     if installed == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -164,8 +142,11 @@ async fn slow_queries(
              then run CREATE EXTENSION pg_stat_statements in this database",
         ));
     }
-    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    let limit = limit.unwrap_or(20).clamp(1, 500);
     let rows = client.query(SLOW, &[&limit]).await.map_err(|e| {
+        if is_database_unavailable(&e) {
+            return ApiError::from(e);
+        }
         ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "extension_unavailable",

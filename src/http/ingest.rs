@@ -4,10 +4,10 @@
 //! validate each event without a JSON tree of the whole body, queue the valid ones for the
 //! group-commit writer and answer only after they committed.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::body::{decode, decode_prefix, is_blank, read_raw, Encoding, Raw};
 use super::budget::Ticket;
-use super::client::client_ip;
+use super::client::ClientIp;
 use super::error::ApiError;
 use super::limits::{self, Quota};
 use super::AppState;
@@ -45,15 +45,15 @@ type Created = (StatusCode, HeaderMap, Json<Value>);
 #[tracing::instrument(level = "debug", skip_all)]
 async fn track(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
     let mut ticket = s.budget.ticket();
-    let (key, raw, requests) = authenticated_body(&s, &headers, peer, body, received_at, &mut ticket).await?;
+    let (key, raw, requests) = authenticated_body(&s, &headers, ip, body, received_at, &mut ticket).await?;
     let quota = Quota::tighter(requests, limit_events(&s, &key, 1).await?);
-    let ctx = event_context(&s, &headers, peer, &key, received_at, None);
+    let ctx = event_context(&s, &headers, ip, &key, received_at, None);
     let (encoding, max, ua) = (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.ua.clone());
     let (row, _ticket) = on_cpu(&s, encoding, raw.len(), ticket, move |t| {
         let body = decode(encoding, raw, max, t)?;
@@ -77,14 +77,14 @@ async fn track(
 #[tracing::instrument(level = "debug", skip_all)]
 async fn track_batch(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Created, ApiError> {
     let received_at = Utc::now();
     let mut ticket = s.budget.ticket();
-    let (key, raw, requests) = authenticated_body(&s, &headers, peer, body, received_at, &mut ticket).await?;
-    let ctx = event_context(&s, &headers, peer, &key, received_at, None);
+    let (key, raw, requests) = authenticated_body(&s, &headers, ip, body, received_at, &mut ticket).await?;
+    let ctx = event_context(&s, &headers, ip, &key, received_at, None);
     let (encoding, max, max_events, ua) =
         (Encoding::of(&headers)?, s.cfg.body_max_bytes, s.cfg.batch_max_events, s.ua.clone());
     let (parsed, _ticket) = on_cpu(&s, encoding, raw.len(), ticket, move |t| {
@@ -139,13 +139,12 @@ async fn on_cpu<T: Send + 'static>(
 async fn authenticated_body(
     s: &AppState,
     headers: &HeaderMap,
-    peer: SocketAddr,
+    client: IpAddr,
     body: Body,
     now: DateTime<Utc>,
     ticket: &mut Ticket,
 ) -> Result<(KeyInfo, Raw, Option<Quota>), ApiError> {
     let encoding = Encoding::of(headers)?;
-    let client = client_ip(s, headers, peer);
     let header_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or(""));
     if let Some(k) = header_key {
         let key = authenticate(s, client, Some(k), now).await?;
@@ -263,10 +262,8 @@ async fn authenticate(
     key: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<KeyInfo, ApiError> {
-    let outcome = s.keys.authenticate(client, key, now).await.map_err(|e| {
-        tracing::warn!(error = %e, "API key lookup failed");
-        ApiError::unavailable("database_unavailable", "the database is unavailable; retry later")
-    })?;
+    // A lookup fails only when the database cannot be asked.
+    let outcome = s.keys.authenticate(client, key, now).await.map_err(|e| ApiError::database(e, true))?;
     outcome.map_err(|r| {
         let code = match r {
             KeyRejection::Missing => "missing_api_key",
@@ -289,7 +286,7 @@ async fn authenticate(
 fn event_context(
     s: &AppState,
     headers: &HeaderMap,
-    peer: SocketAddr,
+    ip: IpAddr,
     key: &KeyInfo,
     received_at: DateTime<Utc>,
     sent_at: Option<DateTime<Utc>>,
@@ -298,7 +295,7 @@ fn event_context(
     EventContext {
         app_id: key.app_id,
         received_at,
-        ip: Some(client_ip(s, headers, peer)),
+        ip: Some(ip),
         ua,
         sent_at,
         metadata_max_bytes: s.cfg.metadata_max_bytes,
@@ -330,11 +327,12 @@ async fn commit(s: &AppState, rows: Vec<EventRow>) -> Result<FlushAck, ApiError>
     };
     match reply {
         Ok(Ok(ack)) => Ok(ack),
-        Ok(Err(FlushError::Unavailable(_))) => Err(ApiError::unavailable(
-            "database_unavailable",
+        Ok(Err(FlushError::Unavailable(_))) => Err(ApiError {
             // A connection lost during COMMIT leaves the outcome unknown: not "nothing was stored".
-            "the database is unavailable; the events are not acknowledged: retry with the same eventIds",
-        )),
+            message: "the database is unavailable; the events are not acknowledged: retry with the same eventIds"
+                .into(),
+            ..ApiError::database_unavailable()
+        }),
         Ok(Err(FlushError::Rejected(detail))) => {
             // The database's words stay in the log: they name tables and constraints.
             tracing::warn!(%detail, events = n, "the database refused a flush");

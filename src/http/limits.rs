@@ -1,16 +1,17 @@
 //! Rate limits at the HTTP edge ([`crate::auth::ratelimit`]): [`check`] turns a limiter's decision
 //! into `RateLimit-*` headers or a refusal (429 `rate_limited` with `Retry-After`; 413
 //! `too_many_events` for a batch larger than the whole burst), and [`analytics`] is the layer of the
-//! analytics routes, keyed by bearer token. Refusals happen before any database work.
+//! analytics routes, keyed by the [`Caller`] (found once, and left for the handlers' extractors).
+//! Refusals happen before any database work.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::bearer::{bearer_token, token_matches};
 use crate::auth::ratelimit::{Decision, Limiter};
 use crate::config::RateLimit;
 
@@ -74,10 +75,17 @@ fn rate_headers(limit: RateLimit, remaining: u32, reset: u64) -> HeaderMap {
 
 /// The layer of the analytics routes (`STRATA_ANALYTICS_RATE_LIMIT`): a valid bearer token (the
 /// admin token, or an owner token whose signature and expiry check out, keyed by its id) takes one
-/// token before the handler runs. Requests without a valid token go on, to be refused 401 there.
-pub async fn analytics(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// token before the handler runs, and its [`Caller`] goes into the request's extensions, so the
+/// handler's extractors do not verify the token again. Requests without a valid token go on, to be
+/// refused 401 there.
+pub async fn analytics(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let Some(limiter) = s.limits.analytics.as_deref() else { return next.run(req).await };
-    let Some(key) = token_key(&s, req.headers()) else { return next.run(req).await };
+    let Ok(caller) = Caller::from_headers(&s, req.headers()) else { return next.run(req).await };
+    req.extensions_mut().insert(caller);
+    let key = match caller {
+        Caller::Admin => "admin".to_owned(),
+        Caller::Owner { jti, .. } => format!("owner:{jti}"),
+    };
     match check(Some(limiter), &key, 1, "too many requests with this token").await {
         Ok(quota) => {
             let mut resp = next.run(req).await;
@@ -88,14 +96,4 @@ pub async fn analytics(State(s): State<AppState>, req: Request, next: Next) -> R
         }
         Err(e) => e.into_response(),
     }
-}
-
-/// The limiter key of a request's bearer token: `admin`, or the owner token's id (`jti`).
-fn token_key(s: &AppState, headers: &HeaderMap) -> Option<String> {
-    let token = bearer_token(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))?;
-    if token_matches(token, &s.secrets.admin_token) {
-        return Some("admin".to_owned());
-    }
-    let claims = crate::auth::tokens::verify(&s.secrets.jwt_secret, token, chrono::Utc::now()).ok()?;
-    Some(format!("owner:{}", claims.jti))
 }

@@ -19,15 +19,16 @@ use crate::ingest::writer::IngestQueue;
 pub mod accounts;
 pub mod admin;
 pub mod analytics;
+pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod client;
 pub mod error;
-pub mod guard;
 pub mod health;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod nul;
 pub mod openapi;
 pub mod privacy;
 pub mod serve;
@@ -98,7 +99,11 @@ pub fn router(state: AppState) -> Router {
         .merge(ingest::router())
         .merge(health::router())
         .merge(admin::router())
-        .merge(analytics::router().route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::analytics)))
+        .merge(
+            analytics::router()
+                .merge(privacy::router())
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::analytics)),
+        )
         .merge(accounts::router())
         .merge(metrics::router())
         .merge(openapi::router())
@@ -157,8 +162,8 @@ async fn edge(
     let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let method = req.method().clone();
     let request = crate::metrics::RequestTimer::start();
-    let response = match guard::nul_parameter(&req) {
-        Some(parameter) => guard::refusal(parameter),
+    let response = match nul::nul_parameter(&req) {
+        Some(parameter) => nul::refusal(parameter),
         None => match tokio::time::timeout(deadline, next.run(req)).await {
             Ok(response) => response,
             Err(_) => {

@@ -41,21 +41,6 @@ pub enum QueryError {
     Corrupt(#[from] crate::rollup::sketch::CorruptSketch),
 }
 
-impl QueryError {
-    /// True when the database could not be reached (worth a 503 and a retry), not a bug.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            QueryError::Pool(_) => true,
-            QueryError::Postgres(e) => {
-                e.is_closed()
-                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
-                    || e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-            }
-            QueryError::Corrupt(_) | QueryError::Param(_) => false,
-        }
-    }
-}
-
 /// Which tables answered a request, reported as `meta.source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

@@ -11,6 +11,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod oracle;
+mod outage;
 mod oversized;
 mod owners;
 mod partitions;
