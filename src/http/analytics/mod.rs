@@ -49,6 +49,20 @@ type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 type Answer = Result<Response, ApiError>;
 type Looked = Result<Hit, Arc<QueryError>>;
 
+/// The cached answer of `key`, computed on a miss: for a request, or ahead of one when warming
+/// (`prefetch`: not promoted into L1).
+async fn look<F, Fut>(s: &AppState, key: &QueryKey, prefetch: bool, compute: F) -> Looked
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(serde_json::Value, crate::query::Source), QueryError>>,
+{
+    if prefetch {
+        s.cache.prefetch(key, compute).await
+    } else {
+        s.cache.get_or_compute(key, compute).await
+    }
+}
+
 /// Parameters of the timeline (name, alias), as remembered for warming.
 const TIMELINE_PARAMS: &[(&str, &str)] = &[
     ("tz", "timezone"),
@@ -86,11 +100,7 @@ async fn timeline_hit(s: &AppState, app: Uuid, req: &TimelineRequest, prefetch: 
         let t = timeline::timeline(&reader(s), app, req).await?;
         Ok((timeline_data(&t, tz), t.source))
     };
-    if prefetch {
-        s.cache.prefetch(&key, compute).await
-    } else {
-        s.cache.get_or_compute(&key, compute).await
-    }
+    look(s, &key, prefetch, compute).await
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -111,11 +121,7 @@ async fn summary_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) -
         let sum = summary::summary(&reader(s), app, filter).await?;
         Ok((summary_data(&sum), sum.source))
     };
-    if prefetch {
-        s.cache.prefetch(&key, compute).await
-    } else {
-        s.cache.get_or_compute(&key, compute).await
-    }
+    look(s, &key, prefetch, compute).await
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -188,11 +194,7 @@ async fn overview_hit(s: &AppState, app: Uuid, filter: &Filter, prefetch: bool) 
         let o = overview::overview(&reader(s), app, filter).await?;
         Ok((overview_data(&o), o.source))
     };
-    if prefetch {
-        s.cache.prefetch(&key, compute).await
-    } else {
-        s.cache.get_or_compute(&key, compute).await
-    }
+    look(s, &key, prefetch, compute).await
 }
 
 fn reader(s: &AppState) -> Reader {
